@@ -1,0 +1,184 @@
+"""Activations at chosen layers and tokens, from as little computation as possible.
+
+Three savings, all exact:
+- one forward pass serves every requested layer, and it stops after the deepest one (no upper layers, no LM head);
+- texts that share a prefix (the question of a contrastive pair) compute it once, then continue from its KV cache;
+- batches are formed from texts of similar length, so little of the work is padding.
+
+Layer ``i`` is the output of decoder block ``i`` (``hidden_states[i + 1]`` in transformers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from steerlab.errors import ConfigError
+from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
+from steerlab.progress import Progress, silent
+
+
+@dataclass(frozen=True)
+class Group:
+    """Texts that continue one shared prefix; the prefix is computed once for all of them.
+
+    ``spans[k]`` is the token range ``[start, end)`` of ``suffixes[k]`` (in suffix coordinates) whose activations are
+    averaged: ``(n - 1, n)`` is the last token, ``(0, n)`` the mean over the suffix.
+    """
+
+    prefix: tuple[int, ...]
+    suffixes: tuple[tuple[int, ...], ...]
+    spans: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.suffixes) != len(self.spans) or not self.suffixes:
+            raise ConfigError("a group needs one span per suffix and at least one suffix")
+        for suffix, (start, end) in zip(self.suffixes, self.spans, strict=True):
+            if not 0 <= start < end <= len(suffix):
+                raise ConfigError(f"token span ({start}, {end}) does not fit a continuation of {len(suffix)} tokens")
+
+
+def single(ids: Sequence[int], span: tuple[int, int] | None = None) -> Group:
+    """One text with no shared prefix; by default its last token is read."""
+    return Group((), (tuple(ids),), (span or (len(ids) - 1, len(ids)),))
+
+
+class _Stop(Exception):
+    """Raised by the hook on the deepest needed block to end the forward pass there."""
+
+
+def _pad_id(model: nn.Module) -> int:
+    config: Any = getattr(model, "config", None)
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+@torch.no_grad()
+def _run_batch(
+    model: nn.Module, groups: Sequence[Group], layers: Sequence[int], pad: int
+) -> dict[int, torch.Tensor]:
+    """Activations (reduced over spans) of every suffix of ``groups``, which all have the same number of suffixes."""
+    base, blocks = base_model(model), decoder_blocks(model)
+    device = next(model.parameters()).device
+    per_group = len(groups[0].suffixes)
+    deepest = max(layers)
+    captured: dict[int, torch.Tensor] = {}
+    capturing = False
+
+    def make_hook(layer: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if capturing:
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _Stop
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in sorted(set(layers))]
+    try:
+        prefix_len = max(len(g.prefix) for g in groups)
+        cache = None
+        prefix_mask = torch.zeros((len(groups), 0), dtype=torch.long, device=device)
+        if prefix_len:
+            ids = torch.full((len(groups), prefix_len), pad, dtype=torch.long, device=device)
+            prefix_mask = torch.zeros((len(groups), prefix_len), dtype=torch.long, device=device)
+            for row, group in enumerate(groups):
+                ids[row, prefix_len - len(group.prefix):] = torch.tensor(group.prefix, device=device)
+                prefix_mask[row, prefix_len - len(group.prefix):] = 1
+            cache = DynamicCache(config=getattr(model, "config", None))
+            positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
+            try:
+                base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, past_key_values=cache,
+                     use_cache=True)
+            except _Stop:
+                pass
+            if per_group > 1:
+                cache.batch_repeat_interleave(per_group)
+            prefix_mask = prefix_mask.repeat_interleave(per_group, dim=0)
+
+        suffixes = [s for g in groups for s in g.suffixes]
+        spans = [s for g in groups for s in g.spans]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(suffixes), width), pad, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long, device=device)
+        for row, suffix in enumerate(suffixes):
+            ids[row, : len(suffix)] = torch.tensor(suffix, device=device)
+            suffix_mask[row, : len(suffix)] = 1
+        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
+        capturing = True
+        try:
+            base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                 use_cache=cache is not None)
+        except _Stop:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    weights = torch.zeros((len(suffixes), width), device=device)
+    for row, (start, end) in enumerate(spans):
+        weights[row, start:end] = 1.0 / (end - start)
+    return {
+        layer: torch.einsum("bt,bth->bh", weights.to(captured[layer].dtype), captured[layer]).float().cpu()
+        for layer in layers
+    }
+
+
+def extract(
+    model: nn.Module,
+    groups: Sequence[Group],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 16,
+    progress: Progress = silent,
+) -> dict[int, torch.Tensor]:
+    """Activations of every suffix of every group at ``layers``: ``{layer: tensor (n_texts, hidden)}`` in input order.
+
+    Memory stays bounded by one batch's activations at the requested layers plus the (n_texts, hidden) results.
+    """
+    depth = num_layers(model)
+    if not layers:
+        raise ConfigError("no layers requested")
+    bad = [layer for layer in layers if not 0 <= layer < depth]
+    if bad:
+        raise ConfigError(f"layer(s) {bad} out of range: the model has layers 0..{depth - 1}")
+    offsets, total = [], 0
+    for group in groups:
+        offsets.append(total)
+        total += len(group.suffixes)
+    out = {layer: torch.empty((total, hidden_size(model))) for layer in layers}
+    # Similar lengths together; groups with and without a prefix, or with different sizes, never share a batch.
+    order = sorted(
+        range(len(groups)),
+        key=lambda i: (len(groups[i].suffixes), len(groups[i].prefix) > 0, len(groups[i].prefix),
+                       max(map(len, groups[i].suffixes))),
+    )
+    pad, done, start = _pad_id(model), 0, 0
+    while start < len(order):
+        first = groups[order[start]]
+        per_batch = max(1, batch_size // len(first.suffixes))
+        end = start
+        while (end < len(order) and end - start < per_batch
+               and len(groups[order[end]].suffixes) == len(first.suffixes)
+               and (len(groups[order[end]].prefix) > 0) == (len(first.prefix) > 0)):
+            end += 1
+        chunk = order[start:end]
+        acts = _run_batch(model, [groups[i] for i in chunk], layers, pad)
+        rows = torch.tensor([offsets[i] + k for i in chunk for k in range(len(groups[i].suffixes))])
+        for layer in layers:
+            out[layer][rows] = acts[layer]
+        done += len(rows)
+        progress(done, total, "activations")
+        start = end
+    return out

@@ -1,0 +1,170 @@
+"""Painless Activation Steering (Cui & Chen, 2025): steering vectors from a labelled multiple-choice dataset.
+
+All four methods start from one unsteered pass over the training split (the model's own answers):
+
+- ``pas-full`` (PASf): full lettered prompts of items answered right, minus those answered wrong (last token);
+- ``ipas-all`` (iPASa): "question + correct answer" of items answered right, minus "question + the model's wrong
+  answer" of items answered wrong (last token);
+- ``ipas-wo`` (iPASwo): only items answered wrong, "question + correct answer" minus "question + the model's own
+  wrong answer", as matched pairs (last token);
+- ``caa``: CAA's letter-token difference, the lettered prompt answered with the correct letter minus a wrong letter,
+  read at the letter.
+
+Every vector is a plain difference of means, not normalised, as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from steerlab.data import ContrastPair, MCItem
+from steerlab.errors import ConfigError
+from steerlab.extract import Group, extract, single
+from steerlab.methods import mean_difference
+from steerlab.models import hidden_size, model_name
+from steerlab.progress import Progress, silent
+from steerlab.prompts import (
+    PromptStyle,
+    encode,
+    encode_continuation,
+    letter_answer,
+    lettered_prompt,
+    question_text,
+)
+from steerlab.sweep import ScoredItem
+from steerlab.train import pair_group
+from steerlab.vectors import SteeringVector
+
+PAS_METHODS: tuple[str, ...] = ("pas-full", "ipas-all", "ipas-wo", "caa")
+MIN_ITEMS = 2
+
+Scoring = Literal["letters", "likelihood"]
+
+
+@dataclass(frozen=True)
+class TaskFormat:
+    """How items are shown to the model and scored, and which positions a steering vector covers."""
+
+    scoring: Scoring = "likelihood"
+    style: PromptStyle = PromptStyle()
+    length_normalize: bool = False
+    steer_all: bool = False  # False: last prompt token (letters) or the answer-predicting tokens (likelihood)
+
+
+def scored_item(tokenizer: PreTrainedTokenizerBase, item: MCItem, fmt: TaskFormat,
+                history: Sequence[tuple[str, str]] = ()) -> ScoredItem:
+    """Tokenise ``item`` for :func:`steerlab.sweep.score_grid`; ``history`` prepends in-context examples."""
+    templated = fmt.style.templated(tokenizer)
+    if fmt.scoring == "letters":
+        prompt = encode(tokenizer, fmt.style.render(tokenizer, lettered_prompt(item.question, item.choices,
+                                                                                item.context), history),
+                        templated=templated)
+        if fmt.steer_all:
+            return ScoredItem((), (tuple(prompt),))
+        return ScoredItem(tuple(prompt[:-1]), ((prompt[-1],),))
+    head = fmt.style.render(tokenizer, question_text(item.question, item.context), history)
+    continuations = [encode_continuation(tokenizer, head, choice, templated=templated) for choice in item.choices]
+    question = continuations[0][0]
+    if any(q != question for q, _ in continuations) or any(not answer for _, answer in continuations):
+        question = encode(tokenizer, head, templated=templated)
+        continuations = [(question, encode(tokenizer, choice, templated=False)) for choice in item.choices]
+    if fmt.steer_all:
+        return ScoredItem((), tuple(tuple(question + a) for _, a in continuations),
+                          tuple(len(question) - 1 for _ in continuations))
+    return ScoredItem(tuple(question[:-1]), tuple((question[-1], *a) for _, a in continuations),
+                      tuple(0 for _ in continuations))
+
+
+def icl_history(items: Sequence[MCItem], fmt: TaskFormat) -> list[tuple[str, str]]:
+    """In-context examples as earlier chat turns: the prompt, then the correct answer as the model would give it."""
+    if fmt.scoring == "letters":
+        return [(lettered_prompt(i.question, i.choices, i.context), letter_answer(i.answer)) for i in items]
+    return [(question_text(i.question, i.context), i.choices[i.answer]) for i in items]
+
+
+def method_problem(method: str, items: Sequence[MCItem], predicted: Sequence[int]) -> str | None:
+    """Why ``method`` cannot run on these baseline answers, or None if it can."""
+    if method not in PAS_METHODS:
+        return f"unknown method '{method}'; choose one of {', '.join(PAS_METHODS)} or all"
+    right = sum(p == i.answer for p, i in zip(predicted, items, strict=True))
+    wrong = len(items) - right
+    if method in ("pas-full", "ipas-all") and min(right, wrong) < MIN_ITEMS:
+        return (f"{method} needs at least {MIN_ITEMS} training items answered right and {MIN_ITEMS} answered wrong; "
+                f"the model answered {right} right and {wrong} wrong")
+    if method == "ipas-wo" and wrong < MIN_ITEMS:
+        return f"ipas-wo needs at least {MIN_ITEMS} training items answered wrong; the model got {wrong} wrong"
+    if method == "caa" and len(items) < MIN_ITEMS:
+        return f"caa needs at least {MIN_ITEMS} training items"
+    return None
+
+
+def _answer_text(tokenizer: PreTrainedTokenizerBase, item: MCItem, choice: int, style: PromptStyle) -> Group:
+    head = style.render(tokenizer, question_text(item.question, item.context))
+    prompt, answer = encode_continuation(tokenizer, head, item.choices[choice], templated=style.templated(tokenizer))
+    return single(prompt + answer)
+
+
+def vector_groups(method: str, tokenizer: PreTrainedTokenizerBase, items: Sequence[MCItem],
+                  predicted: Sequence[int], style: PromptStyle) -> tuple[list[Group], list[Group] | None]:
+    """Extraction groups: (positive, negative) singles, or (pairs, None) when each group is a matched pair."""
+    problem = method_problem(method, items, predicted)
+    if problem:
+        raise ConfigError(problem)
+    right = [i for i, p in zip(items, predicted, strict=True) if p == i.answer]
+    wrong = [(i, p) for i, p in zip(items, predicted, strict=True) if p != i.answer]
+    templated = style.templated(tokenizer)
+    if method == "pas-full":
+        def full(item: MCItem) -> Group:
+            text = style.render(tokenizer, lettered_prompt(item.question, item.choices, item.context))
+            return single(encode(tokenizer, text, templated=templated))
+        return [full(i) for i in right], [full(i) for i, _ in wrong]
+    if method == "ipas-all":
+        return ([_answer_text(tokenizer, i, i.answer, style) for i in right],
+                [_answer_text(tokenizer, i, p, style) for i, p in wrong])
+    if method == "ipas-wo":
+        pairs = [ContrastPair(i.choices[i.answer], i.choices[p], question_text(i.question, i.context))
+                 for i, p in wrong]
+        return [pair_group(tokenizer, pair, "last", style) for pair in pairs], None
+    pairs = [ContrastPair(letter_answer(i.answer), letter_answer((i.answer + 1) % len(i.choices)),
+                          lettered_prompt(i.question, i.choices, i.context)) for i in items]
+    return [pair_group(tokenizer, pair, "diff", style) for pair in pairs], None
+
+
+def build_vector(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    method: str,
+    items: Sequence[MCItem],
+    predicted: Sequence[int],
+    layers: Sequence[int],
+    *,
+    style: PromptStyle = PromptStyle(),
+    batch_size: int = 16,
+    progress: Progress = silent,
+    extra_metadata: dict[str, Any] | None = None,
+) -> SteeringVector:
+    """The ``method`` vector at every layer in ``layers``, from one extraction pass."""
+    positive, negative = vector_groups(method, tokenizer, items, predicted, style)
+    acts = extract(model, positive + (negative or []), layers, batch_size=batch_size, progress=progress)
+    directions = {}
+    for layer in layers:
+        if negative is None:
+            directions[layer] = mean_difference(acts[layer][0::2], acts[layer][1::2])
+        else:
+            directions[layer] = mean_difference(acts[layer][: len(positive)], acts[layer][len(positive):])
+    metadata: dict[str, Any] = {
+        "kind": "vector",
+        "model": model_name(model),
+        "hidden_size": hidden_size(model),
+        "method": method,
+        "token": "diff" if method == "caa" else "last",
+        "normalized": False,
+        "settings": {"train_items": len(items), "chat_template": style.templated(tokenizer)},
+    }
+    metadata.update(extra_metadata or {})
+    return SteeringVector(directions, metadata)

@@ -1,0 +1,109 @@
+"""Re-running only the blocks above a steered layer.
+
+Steering at layer L changes nothing below L, so a sweep over strengths need not recompute the prompt, nor the layers
+up to L. One unsteered forward pass over the steered chunk (the last prompt token, or the answer tokens) records
+what every decoder block received: its positional and keyword arguments (attention mask, rotary embeddings, cache)
+and its output. A grid point then starts from block L's recorded output plus ``strength * vector`` and runs blocks
+L+1.. only, for all strengths at once (the batch is repeated once per strength, the cache with it).
+
+Architecture-independent: the recorded arguments are replayed as the model itself passed them, so per-layer masks
+(sliding windows) and per-layer rotary tables come along.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Cache
+
+from steerlab.models import decoder_blocks
+
+
+def _expand(value: Any, batch: int, repeat: int, cache: Cache | None) -> Any:
+    """Repeat every per-row tensor ``repeat`` times (rows stay grouped), swap in ``cache`` for the model's cache."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim and value.shape[0] == batch and repeat > 1:
+            return value.repeat_interleave(repeat, dim=0)
+        return value
+    if isinstance(value, Cache):
+        return cache
+    if isinstance(value, tuple):
+        return tuple(_expand(v, batch, repeat, cache) for v in value)
+    if isinstance(value, list):
+        return [_expand(v, batch, repeat, cache) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, batch, repeat, cache) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class Recording:
+    """What each block received and returned during one forward pass."""
+
+    inputs: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def record(model: nn.Module) -> Iterator[Recording]:
+    """Record every block's arguments and output during the forward passes inside the block."""
+    recording = Recording()
+    handles = []
+    for index, block in enumerate(decoder_blocks(model)):
+
+        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], index: int = index) -> None:
+            recording.inputs[index] = (args, dict(kwargs))
+
+        def post(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any,
+                 index: int = index) -> None:
+            recording.outputs[index] = output[0] if isinstance(output, tuple) else output
+
+        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.register_forward_hook(post, with_kwargs=True))
+    try:
+        yield recording
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def expanded_cache(cache: Cache, repeat: int) -> Cache:
+    """A copy of ``cache`` with each row repeated ``repeat`` times (the original is left as it is)."""
+    copied = copy.deepcopy(cache)
+    if repeat > 1:
+        copied.batch_repeat_interleave(repeat)
+    return copied
+
+
+def run_above(
+    model: nn.Module,
+    recording: Recording,
+    layer: int,
+    hidden: torch.Tensor,
+    *,
+    repeat: int,
+    cache: Cache | None,
+) -> torch.Tensor:
+    """Blocks ``layer + 1 ..`` applied to ``hidden``, the (batch * repeat, seq, hidden) output of block ``layer``.
+
+    ``cache`` must hold, for every block above ``layer``, the same past as the recorded pass had, with rows repeated
+    ``repeat`` times (see :func:`expanded_cache`); the blocks above ``layer`` append to their cache layers, so the
+    caller crops those before the next replay.
+    """
+    blocks = decoder_blocks(model)
+    batch = recording.outputs[layer].shape[0]
+    for index in range(layer + 1, len(blocks)):
+        args, kwargs = recording.inputs[index]
+        kwargs = _expand(kwargs, batch, repeat, cache)
+        if args:
+            out = blocks[index](hidden, *_expand(args[1:], batch, repeat, cache), **kwargs)
+        else:
+            out = blocks[index](**{**kwargs, "hidden_states": hidden})
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
