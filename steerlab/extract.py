@@ -10,6 +10,7 @@ Layer ``i`` is the output of decoder block ``i`` (``hidden_states[i + 1]`` in tr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,11 +98,9 @@ def _run_batch(
                 prefix_mask[row, prefix_len - len(group.prefix):] = 1
             cache = DynamicCache(config=getattr(model, "config", None))
             positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
-            try:
+            with contextlib.suppress(_Stop):
                 base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, past_key_values=cache,
                      use_cache=True)
-            except _Stop:
-                pass
             if per_group > 1:
                 cache.batch_repeat_interleave(per_group)
             prefix_mask = prefix_mask.repeat_interleave(per_group, dim=0)
@@ -117,11 +116,9 @@ def _run_batch(
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
         capturing = True
-        try:
+        with contextlib.suppress(_Stop):
             base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                  use_cache=cache is not None)
-        except _Stop:
-            pass
     finally:
         for handle in handles:
             handle.remove()

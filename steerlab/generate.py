@@ -10,7 +10,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ def generate(
         kwargs["temperature"] = temperature
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    generator = getattr(model, "generate")
+    generator = cast(Callable[..., torch.Tensor], model.generate)  # nn.Module types attributes as Tensor | Module
     with torch.no_grad():
         if steering is None:
             out = generator(**batch, **kwargs)

@@ -7,8 +7,9 @@ All four methods start from one unsteered pass over the training split (the mode
   answer" of items answered wrong (last token);
 - ``ipas-wo`` (iPASwo): only items answered wrong, "question + correct answer" minus "question + the model's own
   wrong answer", as matched pairs (last token);
-- ``caa``: CAA's letter-token difference, the lettered prompt answered with the correct letter minus a wrong letter,
-  read at the letter.
+- ``caa``: CAA's contrast pair, the correct answer minus a wrong one (the next choice), read where the two differ:
+  the answer letter under letter scoring (CAA's A/B token), the start of the answer text under choice likelihood,
+  where a letter vector has nothing to act on.
 
 Every vector is a plain difference of means, not normalised, as in the paper.
 """
@@ -110,7 +111,8 @@ def _answer_text(tokenizer: PreTrainedTokenizerBase, item: MCItem, choice: int, 
 
 
 def vector_groups(method: str, tokenizer: PreTrainedTokenizerBase, items: Sequence[MCItem],
-                  predicted: Sequence[int], style: PromptStyle) -> tuple[list[Group], list[Group] | None]:
+                  predicted: Sequence[int], style: PromptStyle,
+                  scoring: Scoring = "letters") -> tuple[list[Group], list[Group] | None]:
     """Extraction groups: (positive, negative) singles, or (pairs, None) when each group is a matched pair."""
     problem = method_problem(method, items, predicted)
     if problem:
@@ -130,6 +132,10 @@ def vector_groups(method: str, tokenizer: PreTrainedTokenizerBase, items: Sequen
         pairs = [ContrastPair(i.choices[i.answer], i.choices[p], question_text(i.question, i.context))
                  for i, p in wrong]
         return [pair_group(tokenizer, pair, "last", style) for pair in pairs], None
+    if scoring == "likelihood":
+        pairs = [ContrastPair(i.choices[i.answer], i.choices[(i.answer + 1) % len(i.choices)],
+                              question_text(i.question, i.context)) for i in items]
+        return [pair_group(tokenizer, pair, "diff", style) for pair in pairs], None
     pairs = [ContrastPair(letter_answer(i.answer), letter_answer((i.answer + 1) % len(i.choices)),
                           lettered_prompt(i.question, i.choices, i.context)) for i in items]
     return [pair_group(tokenizer, pair, "diff", style) for pair in pairs], None
@@ -144,12 +150,13 @@ def build_vector(
     layers: Sequence[int],
     *,
     style: PromptStyle = PromptStyle(),
+    scoring: Scoring = "letters",
     batch_size: int = 16,
     progress: Progress = silent,
     extra_metadata: dict[str, Any] | None = None,
 ) -> SteeringVector:
     """The ``method`` vector at every layer in ``layers``, from one extraction pass."""
-    positive, negative = vector_groups(method, tokenizer, items, predicted, style)
+    positive, negative = vector_groups(method, tokenizer, items, predicted, style, scoring)
     acts = extract(model, positive + (negative or []), layers, batch_size=batch_size, progress=progress)
     directions = {}
     for layer in layers:
@@ -164,7 +171,7 @@ def build_vector(
         "method": method,
         "token": "diff" if method == "caa" else "last",
         "normalized": False,
-        "settings": {"train_items": len(items), "chat_template": style.templated(tokenizer)},
+        "settings": {"train_items": len(items), "chat_template": style.templated(tokenizer), "scoring": scoring},
     }
     metadata.update(extra_metadata or {})
     return SteeringVector(directions, metadata)

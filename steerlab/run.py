@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from steerlab.progress import Progress, silent
 from steerlab.prompts import PromptStyle
 from steerlab.scoring import letter_token_ids
 from steerlab.store import Store, fingerprint
-from steerlab.sweep import Scorer, ScoredItem, score_grid
+from steerlab.sweep import ScoredItem, Scorer, score_grid
 from steerlab.sweep import predictions as argmax_choices
 from steerlab.vectors import SteeringVector
 
@@ -214,8 +215,7 @@ class _Runner:
         for name in ("train", "val", "test"):
             items = getattr(splits, name)
             base[name], seconds = self.store.json(
-                self.key(seed, "baseline", name), lambda items=items, name=name: self.baseline(
-                    items, fmt, f"seed {seed}: unsteered {name}"))
+                self.key(seed, "baseline", name), partial(self.baseline, items, fmt, f"seed {seed}: unsteered {name}"))
             self.time("val_unsteered_pass" if name == "val" else "baseline", seconds)
         train_pred = argmax_choices(base["train"])
         test_base = correctness(argmax_choices(base["test"]), splits.test)
@@ -236,27 +236,29 @@ class _Runner:
             if problem:
                 per_method[method]["skipped"] = problem
                 continue
-            vector, seconds = self.store.vector(self.key(seed, method, "vector"), lambda method=method: build_vector(
-                self.model, self.tokenizer, method, splits.train, train_pred, self.layers, style=fmt.style,
-                batch_size=2 * self.config.batch_size, progress=self.progress))
+            vector, seconds = self.store.vector(self.key(seed, method, "vector"), partial(
+                build_vector, self.model, self.tokenizer, method, splits.train, train_pred, self.layers,
+                style=fmt.style, scoring=fmt.scoring, batch_size=2 * self.config.batch_size, progress=self.progress))
             self.time("vectors", seconds)
             points = self.sweep(seed, method, vector, splits.val, fmt)
             layer, strength = _pick(points)
-            test_scores, seconds = self.store.json(self.key(seed, method, "test", layer, strength), lambda: self.steered(
-                splits.test, fmt, vector, layer, strength, f"seed {seed} {method}: steered test"))
+            test_scores, seconds = self.store.json(
+                self.key(seed, method, "test", layer, strength),
+                partial(self.steered, splits.test, fmt, vector, layer, strength, f"seed {seed} {method}: steered test"))
             self.time("test", seconds)
             steered_pred = argmax_choices(test_scores)
             steered = correctness(steered_pred, splits.test)
             controls, seconds = self.store.json(
                 self.key(seed, method, "controls", layer, strength),
-                lambda: self.controls(seed, method, vector, layer, strength, splits.test, fmt, history))
+                partial(self.controls, seed, method, vector, layer, strength, splits.test, fmt, history))
             self.time("controls", seconds)
             per_method[method]["per_seed"].append({
                 "seed": seed, "layer": layer, "strength": strength, "val_accuracy": points[(layer, strength)],
                 "baseline_test_accuracy": mean(test_base), "steered_test_accuracy": mean(steered),
                 **paired_delta(steered, test_base),
                 "random_direction": controls["random"], "icl_steering": controls["icl_steering"],
-                "sweep": [{"layer": lay, "strength": s, "val_accuracy": acc} for (lay, s), acc in sorted(points.items())],
+                "sweep": [{"layer": lay, "strength": s, "val_accuracy": acc}
+                          for (lay, s), acc in sorted(points.items())],
                 "steered_predicted": steered_pred, "vector": vector,
             })
         return row
@@ -345,6 +347,11 @@ class _Runner:
                 "correct": letter_counts([i.answer for i in test0], width),
                 "predicted_baseline": letter_counts(row0["test_predicted"], width),
                 "predicted_steered": letter_counts(per_method[best]["per_seed"][0]["steered_predicted"], width),
+            },
+            "per_item": {  # seed 0 test split, chosen method: what the paired interval is computed from
+                "ids": [i.id for i in test0],
+                "baseline_correct": row0["test_baseline"],
+                "steered_correct": correctness(per_method[best]["per_seed"][0]["steered_predicted"], test0),
             },
             "grid": {"layers": self.layers, "strengths": list(c.strengths)},
             "sweep": chosen["sweep"],

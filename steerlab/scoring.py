@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from steerlab.errors import ConfigError
 from steerlab.extract import _pad_id
@@ -100,9 +100,9 @@ def _choice_batch(model: nn.Module, batch: Sequence[ChoiceQuestion], pad: int, d
     return out
 
 
-def letter_token_ids(tokenizer: object, letters: Sequence[str]) -> list[list[int]]:
+def letter_token_ids(tokenizer: PreTrainedTokenizerBase, letters: Sequence[str]) -> list[list[int]]:
     """For each letter, every single-token spelling the model may produce next: "A" and " A" are often distinct."""
-    encode = getattr(tokenizer, "encode")
+    encode = tokenizer.encode
     found: list[list[int]] = []
     for letter in letters:
         ids = {tuple(encode(text, add_special_tokens=False)) for text in (letter, " " + letter)}

@@ -18,10 +18,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from steerlab.errors import ConfigError
 from steerlab.extract import _pad_id
@@ -155,7 +157,7 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
                                                        cache=replay_cache)
         if replay_cache is not None:
             for above in replay_cache.layers[layer + 1:]:
-                above.crop(-width)
+                cast(DynamicLayer, above).crop(-width)  # drop the replayed chunk, keep the shared prefix
         flat = _scores(model, final, expanded_rows, expanded_starts, scorer)
         for k, strength in enumerate(strengths):
             grid[(layer, float(strength))] = _group(flat[k::repeat], counts, scorer.letters)

