@@ -194,7 +194,18 @@ class _Runner:
         seed_rows: list[dict[str, Any]] = []
         for seed in seeds:
             seed_rows.append(self.run_seed(seed, fmt, per_method))
-        report = self.assemble(check, fmt, per_method, seed_rows, first)
+        best = self.best(per_method)
+        rows = {row["seed"]: row for row in seed_rows}
+        for run in per_method[best]["per_seed"]:
+            row = rows[run["seed"]]
+            # The most expensive control (long in-context prompts), so only for the method reported on top.
+            scores, seconds = self.store.json(
+                self.key(row["seed"], best, "icl-steering", run["layer"], run["strength"]),
+                partial(self.steered, row["splits"].test, fmt, run["vector"], run["layer"], run["strength"],
+                        f"seed {row['seed']} {best}: ICL + steering", row["history"]))
+            self.time("controls", seconds)
+            run["icl_steering"] = correctness(argmax_choices(scores), row["splits"].test)
+        report = self.assemble(check, fmt, per_method, seed_rows, best)
         # Phase times are stored with their results, so a resumed run reports the same numbers.
         self.timings["total"] = sum(self.timings.values())
         report["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
@@ -228,7 +239,7 @@ class _Runner:
             splits.test, fmt, f"seed {seed}: ICL test", history))
         self.time("controls", seconds)
         icl = correctness(argmax_choices(icl_scores), splits.test)
-        row: dict[str, Any] = {"seed": seed, "splits": splits, "test_baseline": test_base,
+        row: dict[str, Any] = {"seed": seed, "splits": splits, "test_baseline": test_base, "history": history,
                                "val_baseline": _accuracy(base["val"], splits.val), "icl": icl,
                                "test_predicted": argmax_choices(base["test"])}
         for method in self.config.methods:
@@ -248,43 +259,55 @@ class _Runner:
             self.time("test", seconds)
             steered_pred = argmax_choices(test_scores)
             steered = correctness(steered_pred, splits.test)
-            controls, seconds = self.store.json(
-                self.key(seed, method, "controls", layer, strength),
-                partial(self.controls, seed, method, vector, layer, strength, splits.test, fmt, history))
+            random_control, seconds = self.store.json(
+                self.key(seed, method, "random-direction", layer, strength),
+                partial(self.random_direction, seed, method, vector, layer, strength, splits.test, fmt))
             self.time("controls", seconds)
             per_method[method]["per_seed"].append({
                 "seed": seed, "layer": layer, "strength": strength, "val_accuracy": points[(layer, strength)],
                 "baseline_test_accuracy": mean(test_base), "steered_test_accuracy": mean(steered),
                 **paired_delta(steered, test_base),
-                "random_direction": controls["random"], "icl_steering": controls["icl_steering"],
+                "random_direction": random_control,
                 "sweep": [{"layer": lay, "strength": s, "val_accuracy": acc}
                           for (lay, s), acc in sorted(points.items())],
                 "steered_predicted": steered_pred, "vector": vector,
             })
         return row
 
-    def controls(self, seed: int, method: str, vector: SteeringVector, layer: int, strength: float,
-                 test: Sequence[MCItem], fmt: TaskFormat, history: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    def random_direction(self, seed: int, method: str, vector: SteeringVector, layer: int, strength: float,
+                         test: Sequence[MCItem], fmt: TaskFormat) -> list[float]:
+        """Correctness on ``test`` steered by a random direction with the norm of ``vector`` at ``layer``."""
         generator = torch.Generator().manual_seed(seed)
         direction = torch.randn(vector.hidden_size, generator=generator)
         random_vector = SteeringVector({layer: direction / direction.norm() * vector.layers[layer].norm()},
                                        {"kind": "vector", "method": "random"})
         random_scores = self.steered(test, fmt, random_vector, layer, strength, f"seed {seed} {method}: random control")
-        icl_scores = self.steered(test, fmt, vector, layer, strength, f"seed {seed} {method}: ICL + steering", history)
-        return {"random": correctness(argmax_choices(random_scores), test),
-                "icl_steering": correctness(argmax_choices(icl_scores), test)}
+        return correctness(argmax_choices(random_scores), test)
+
+    def best(self, per_method: dict[str, dict[str, Any]]) -> str:
+        """The method with the best mean validation accuracy at its chosen point (ties: the order given)."""
+        methods = self.config.methods
+        ran = [m for m in methods if per_method[m]["per_seed"]]
+        if not ran:
+            reasons = "; ".join(f"{m}: {per_method[m].get('skipped', 'did not run')}" for m in methods)
+            raise ConfigError(f"no method could run ({reasons})")
+        return max(ran, key=lambda m: (mean([r["val_accuracy"] for r in per_method[m]["per_seed"]]),
+                                       -methods.index(m)))
 
     def assemble(self, check: dict[str, Any], fmt: TaskFormat, per_method: dict[str, dict[str, Any]],
-                 seed_rows: list[dict[str, Any]], first: Any) -> dict[str, Any]:
+                 seed_rows: list[dict[str, Any]], best: str) -> dict[str, Any]:
         c = self.config
+        rows = {row["seed"]: row for row in seed_rows}
 
         def summary(deltas: list[float], per_item: dict[str, object]) -> dict[str, Any]:
             if len(deltas) > 1:
                 return {"delta": mean(deltas), "delta_ci95": list(t_interval(deltas))}
             return dict(per_item)
 
-        def control(values_per_seed: list[list[float]]) -> dict[str, Any]:
-            deltas = [paired_delta(v, row["test_baseline"]) for v, row in zip(values_per_seed, seed_rows, strict=True)]
+        def control(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+            """A control's accuracy and its paired difference from the unsteered model, over the seeds it ran."""
+            values_per_seed = [run[key] for run in runs]
+            deltas = [paired_delta(run[key], rows[run["seed"]]["test_baseline"]) for run in runs]
             return {"test_accuracy": mean([mean(v) for v in values_per_seed]),
                     **summary([float(d["delta"]) for d in deltas], deltas[0])}  # type: ignore[arg-type]
 
@@ -302,20 +325,15 @@ class _Runner:
                 "steered_test_accuracy": mean([r["steered_test_accuracy"] for r in runs]),
                 **summary([r["delta"] for r in runs], {"delta": first_run["delta"],
                                                         "delta_ci95": first_run["delta_ci95"]}),
-                "controls": {"random_direction": control([r["random_direction"] for r in runs]),
-                             "icl_steering": {"k": c.icl_k, **control([r["icl_steering"] for r in runs])}},
+                "controls": {"random_direction": control(runs, "random_direction")},
                 "per_seed": [{k: r[k] for k in ("seed", "layer", "strength", "val_accuracy", "baseline_test_accuracy",
                                                 "steered_test_accuracy", "delta", "delta_ci95")} for r in runs],
                 "sweep": first_run["sweep"],
             }
             if len(runs) < len(seed_rows):
                 methods[name]["skipped_seeds"] = data.get("skipped")
-        ran = [m for m in c.methods if "skipped" not in methods[m]]
-        if not ran:
-            reasons = "; ".join(f"{m}: {methods[m]['skipped']}" for m in c.methods)
-            raise ConfigError(f"no method could run ({reasons})")
-        best = max(ran, key=lambda m: (methods[m]["val_accuracy"], -c.methods.index(m)))
         chosen = methods[best]
+        chosen["controls"]["icl_steering"] = {"k": c.icl_k, **control(per_method[best]["per_seed"], "icl_steering")}
         row0 = seed_rows[0]
         test0 = row0["splits"].test
         width = max(len(i.choices) for i in test0)
@@ -340,7 +358,7 @@ class _Runner:
             "controls": {
                 "constant_letter": constant_letter(test0),
                 "random_direction": chosen["controls"]["random_direction"],
-                "icl": {"k": c.icl_k, **control([r["icl"] for r in seed_rows])},
+                "icl": {"k": c.icl_k, **control(seed_rows, "icl")},
                 "icl_steering": chosen["controls"]["icl_steering"],
             },
             "letters": {

@@ -22,7 +22,7 @@ from typing import cast
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from steerlab.errors import ConfigError
@@ -31,6 +31,8 @@ from steerlab.models import base_model, final_logits, num_layers
 from steerlab.progress import Progress, silent
 from steerlab.replay import expanded_cache, record, run_above
 from steerlab.vectors import SteeringVector
+
+SHARED_MIN_TOKENS = 32  # a common prefix at least this long is computed once for all items
 
 
 @dataclass(frozen=True)
@@ -75,21 +77,24 @@ def _scores(model: nn.Module, hidden: torch.Tensor, rows: Sequence[tuple[int, ..
         picked = hidden[torch.arange(len(rows), device=hidden.device), last]
         flat = sorted({i for ids in scorer.letter_ids for i in ids})
         logits = final_logits(model, picked[:, None], torch.tensor(flat, device=hidden.device))[:, 0].float()
-        where = {token: k for k, token in enumerate(flat)}
+        column = {token: k for k, token in enumerate(flat)}
         per_letter = torch.stack(
-            [torch.logsumexp(logits[:, [where[t] for t in ids]], dim=-1) for ids in scorer.letter_ids], dim=-1)
+            [torch.logsumexp(logits[:, [column[t] for t in ids]], dim=-1) for ids in scorer.letter_ids], dim=-1)
         return [list(map(float, row)) for row in torch.log_softmax(per_letter, dim=-1)]
+    # Logits only where a choice token is predicted: the unembedding is the costliest matrix of a small model.
+    where = [(k, p) for k, (row, begin) in enumerate(zip(rows, starts, strict=True))
+             for p in range(begin, len(row) - 1)]
+    targets = torch.tensor([rows[k][p + 1] for k, p in where], device=hidden.device)
+    picked_hidden = hidden[torch.tensor([k for k, _ in where]), torch.tensor([p for _, p in where])]
+    logprobs = torch.cat([
+        torch.log_softmax(final_logits(model, part[:, None])[:, 0].float(), dim=-1).gather(-1, t[:, None])[:, 0]
+        for part, t in zip(picked_hidden.split(512), targets.split(512), strict=True)])
+    totals = torch.zeros(len(rows), dtype=torch.float64, device=hidden.device)
+    totals.index_add_(0, torch.tensor([k for k, _ in where], device=hidden.device), logprobs.double())
     out: list[float] = []
-    for start in range(0, len(rows), 64):  # bounded memory: full-vocabulary logits for 64 rows at a time
-        part = range(start, min(start + 64, len(rows)))
-        logits = final_logits(model, hidden[start:part.stop]).float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        for k, row in zip(range(len(part)), (rows[i] for i in part), strict=True):
-            begin = starts[part[k]]
-            targets = torch.tensor(row[begin + 1:], device=hidden.device)
-            picked = logprobs[k, begin:len(row) - 1].gather(-1, targets[:, None])[:, 0]
-            total = float(picked.sum())
-            out.append(total / len(targets) if scorer.length_normalize else total)
+    for k, (row, begin) in enumerate(zip(rows, starts, strict=True)):
+        count = len(row) - 1 - begin
+        out.append(float(totals[k]) / count if scorer.length_normalize else float(totals[k]))
     return out
 
 
@@ -103,24 +108,62 @@ def _group(flat: list[float] | list[list[float]], counts: Sequence[int], letters
     return grouped
 
 
+@dataclass
+class _Shared:
+    """The KV cache of the tokens every item's prefix starts with (a system prompt, in-context examples)."""
+
+    length: int
+    cache: DynamicCache | None
+
+
+@torch.no_grad()
+def _shared_prefix(model: nn.Module, items: Sequence[ScoredItem]) -> _Shared:
+    prefixes = [item.prefix for item in items]
+    length = min((len(p) for p in prefixes), default=0) - 1  # every item keeps a token of its own
+    for k in range(length):
+        if any(p[k] != prefixes[0][k] for p in prefixes):
+            length = k
+            break
+    if length < SHARED_MIN_TOKENS or len(items) < 2:
+        return _Shared(0, None)
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=getattr(model, "config", None))
+    base_model(model)(input_ids=torch.tensor([prefixes[0][:length]], device=device), past_key_values=cache,
+                      use_cache=True)
+    return _Shared(length, cache)
+
+
 @torch.no_grad()
 def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector: SteeringVector | None,
-           layers: Sequence[int], strengths: Sequence[float], pad: int) -> GridScores:
+           layers: Sequence[int], strengths: Sequence[float], pad: int, shared: _Shared) -> GridScores:
     device = next(model.parameters()).device
     base = base_model(model)
     counts = [len(item.chunks) for item in items]
-    prefix_len = max(len(item.prefix) for item in items)
-    cache: DynamicCache | None = None
-    prefix_mask = torch.zeros((len(items), 0), dtype=torch.long, device=device)
-    if prefix_len:
+    prefix_len = max(len(item.prefix) for item in items) - shared.length
+    cache: Cache | None = None
+    # One row per chunk: without a prefix nothing below expands it from items to chunks.
+    prefix_mask = torch.zeros((sum(counts), 0), dtype=torch.long, device=device)
+    if prefix_len > 0:
+        # [shared prefix][left padding][rest of the item's prefix]: the padding sits inside, masked out.
         ids = torch.full((len(items), prefix_len), pad, dtype=torch.long, device=device)
-        prefix_mask = torch.zeros_like(ids)
+        rest_mask = torch.zeros_like(ids)
         for row, item in enumerate(items):
-            ids[row, prefix_len - len(item.prefix):] = torch.tensor(item.prefix, device=device)
-            prefix_mask[row, prefix_len - len(item.prefix):] = 1
-        cache = DynamicCache(config=getattr(model, "config", None))
-        base(input_ids=ids, attention_mask=prefix_mask, position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0),
-             past_key_values=cache, use_cache=True)
+            rest = item.prefix[shared.length:]
+            if rest:
+                ids[row, prefix_len - len(rest):] = torch.tensor(rest, device=device)
+                rest_mask[row, prefix_len - len(rest):] = 1
+        prefix_cache: Cache
+        if shared.cache is not None:
+            prefix_cache = expanded_cache(shared.cache, len(items))
+            ones = torch.ones((len(items), shared.length), dtype=torch.long, device=device)
+            prefix_mask = torch.cat([ones, rest_mask], dim=1)
+        else:
+            prefix_cache = DynamicCache(config=getattr(model, "config", None))
+            prefix_mask = rest_mask
+        positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)[:, shared.length:]
+        base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, past_key_values=prefix_cache,
+             use_cache=True)
+        cache = prefix_cache
         index = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], device=device)
         cache.batch_select_indices(index)
         prefix_mask = prefix_mask[index]
@@ -145,6 +188,9 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
         return GridScores(baseline, grid)
     repeat = len(strengths)
     replay_cache = expanded_cache(pristine, repeat) if pristine is not None else None
+    # A sliding-window cache layer cannot be cropped once its window is full: such layers are copied back instead.
+    template = {k: copy.deepcopy(above) for k, above in enumerate(replay_cache.layers)
+                if getattr(above, "is_sliding", False)} if replay_cache is not None else {}
     scale = torch.tensor(list(strengths), device=device)
     expanded_rows = [r for r in rows for _ in range(repeat)]
     expanded_starts = [s for s in starts for _ in range(repeat)]
@@ -156,8 +202,11 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
         final = hidden if layer == last else run_above(model, recording, layer, hidden, repeat=repeat,
                                                        cache=replay_cache)
         if replay_cache is not None:
-            for above in replay_cache.layers[layer + 1:]:
-                cast(DynamicLayer, above).crop(-width)  # drop the replayed chunk, keep the shared prefix
+            for k in range(layer + 1, len(replay_cache.layers)):
+                if k in template:
+                    replay_cache.layers[k] = copy.deepcopy(template[k])
+                else:  # drop the replayed chunk, keep the shared prefix
+                    cast(DynamicLayer, replay_cache.layers[k]).crop(-width)
         flat = _scores(model, final, expanded_rows, expanded_starts, scorer)
         for k, strength in enumerate(strengths):
             grid[(layer, float(strength))] = _group(flat[k::repeat], counts, scorer.letters)
@@ -183,8 +232,9 @@ def score_grid(
             raise ConfigError(f"the vector has no direction at layer(s) {missing}")
     pad = _pad_id(model)
     result = GridScores([], {})
+    shared = _shared_prefix(model, items)
     for start in range(0, len(items), batch_size):
-        part = _batch(model, items[start:start + batch_size], scorer, vector, layers, strengths, pad)
+        part = _batch(model, items[start:start + batch_size], scorer, vector, layers, strengths, pad, shared)
         result.baseline.extend(part.baseline)
         for key, scores in part.grid.items():
             result.grid.setdefault(key, []).extend(scores)
