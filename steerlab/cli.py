@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate, unsteered and steered side by side")
     p.add_argument("--prompt", action="append", required=True, help="a user message (repeatable)")
     p.add_argument("--vector", help="a steerlab vector or learned steering file")
-    p.add_argument("--strength", type=_floats, help="one or more strengths, e.g. -4,4 (default: the file's)")
+    p.add_argument("--strength", type=_floats, help="one or more strengths, e.g. --strength=-4,4 (default: the file's)")
     p.add_argument("--layers", type=_ints, help="steer only these layers of the file")
     p.add_argument("--positions", choices=("all", "prompt", "generated", "last_prompt"), default="all")
     p.add_argument("--max-new-tokens", type=int, default=64)

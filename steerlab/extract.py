@@ -89,7 +89,8 @@ def _run_batch(
     try:
         prefix_len = max(len(g.prefix) for g in groups)
         cache = None
-        prefix_mask = torch.zeros((len(groups), 0), dtype=torch.long, device=device)
+        # One row per suffix: without a prefix there is nothing to repeat per group below.
+        prefix_mask = torch.zeros((len(groups) * per_group, 0), dtype=torch.long, device=device)
         if prefix_len:
             ids = torch.full((len(groups), prefix_len), pad, dtype=torch.long, device=device)
             prefix_mask = torch.zeros((len(groups), prefix_len), dtype=torch.long, device=device)

@@ -90,6 +90,20 @@ class _PositionState:
 
     offset: int = 0
     prompt_length: int = 0
+    uncached: torch.Tensor | None = None  # input ids of the last call made without a KV cache
+
+
+def _input_ids(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    ids = kwargs.get("input_ids")
+    if ids is None and args and isinstance(args[0], torch.Tensor):
+        ids = args[0]
+    return ids if isinstance(ids, torch.Tensor) else None
+
+
+def _continues(previous: torch.Tensor | None, ids: torch.Tensor | None) -> bool:
+    """Whether ``ids`` is ``previous`` plus one token: a step of generation without a KV cache."""
+    return (previous is not None and ids is not None and ids.shape[0] == previous.shape[0]
+            and ids.shape[1] == previous.shape[1] + 1 and torch.equal(ids[:, :-1], previous))
 
 
 def _chunk_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -182,7 +196,12 @@ def apply_steering(
             cache = kwargs.get("past_key_values")
             state.offset = int(cache.get_seq_length()) if cache is not None else 0
             if state.offset == 0:
-                state.prompt_length = _chunk_length(args, kwargs)
+                # Without a cache every generation step re-feeds the whole sequence from column 0: the prompt is
+                # still the one the first step saw, not everything fed so far.
+                ids = _input_ids(args, kwargs) if cache is None else None
+                if not _continues(state.uncached, ids):
+                    state.prompt_length = _chunk_length(args, kwargs)
+                state.uncached = ids
 
         handles.append(base_model(model).register_forward_pre_hook(track, with_kwargs=True))
 
@@ -200,7 +219,9 @@ def apply_steering(
             steered = hidden + add
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
-        handles.append(blocks[layer].register_forward_hook(hook))
+        # Prepended, so that hooks registered earlier (transformers' own output_hidden_states recorder, installed
+        # on first use) see the steered output that the next block receives, not the block's raw output.
+        handles.append(blocks[layer].register_forward_hook(hook, prepend=True))
     return SteeringHandle(handles, sorted(by_layer))
 
 

@@ -1,0 +1,378 @@
+"""Steering hooks: exact arithmetic at the hooked layer, positions during cached generation, clean removal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import transformers as tf
+from conftest import DEPTH, FAMILIES, HIDDEN, VOCAB, build_model, build_tokenizer, hooks, random_ids
+
+from steerlab import generate
+from steerlab.errors import ConfigError
+from steerlab.models import decoder_blocks, final_logits
+from steerlab.prompts import PromptStyle
+from steerlab.steering import apply_steering, steer
+from steerlab.vectors import SteeringVector
+
+
+def vec(layers: list[int], seed: int = 0, scale: float = 1.0) -> SteeringVector:
+    g = torch.Generator().manual_seed(seed)
+    return SteeringVector({i: torch.randn(HIDDEN, generator=g) * scale for i in layers})
+
+
+def relative_vec(model: tf.PreTrainedModel, layers: list[int], seed: int, ratio: float) -> SteeringVector:
+    """A random vector whose norm is ``ratio`` times the typical norm of the model's output at each layer."""
+    ids, _ = ids_batch([6], seed=seed)
+    states = forward(model, ids, use_cache=False).hidden_states
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer in layers:
+        direction = torch.randn(HIDDEN, generator=g, dtype=torch.float64)
+        size = float(states[layer + 1][0].norm(dim=-1).mean()) * ratio
+        out[layer] = (direction / direction.norm() * size).float()
+    return SteeringVector(out)
+
+
+def ids_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded input ids and attention mask for random prompts of the given lengths."""
+    width = max(lengths)
+    ids = torch.zeros((len(lengths), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = torch.tensor(random_ids(n, seed + row))
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def forward(model: tf.PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor | None = None, **kw: Any) -> Any:
+    mask = torch.ones_like(ids) if mask is None else mask
+    return model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **kw)
+
+
+@torch.no_grad()
+def last_block_output(model: tf.PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Output of the last decoder block (hidden_states[-1] is taken after the final norm in transformers 5)."""
+    seen: list[torch.Tensor] = []
+    handle = decoder_blocks(model)[-1].register_forward_hook(
+        lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+# Arithmetic at the hooked layer
+
+
+@pytest.mark.parametrize("layer", range(DEPTH - 1))
+def test_steered_hidden_state_is_original_plus_strength_times_vector(family: str, layer: int) -> None:
+    model = build_model(family)
+    ids, _ = ids_batch([7, 7])
+    vector = vec([layer])
+    plain = forward(model, ids, use_cache=False).hidden_states
+    with steer(model, vector, strength=2.5):
+        steered = forward(model, ids, use_cache=False).hidden_states
+    expected = plain[layer + 1] + 2.5 * vector.layers[layer]
+    assert torch.equal(steered[layer + 1], expected)
+    for below in range(layer + 1):
+        assert torch.equal(steered[below], plain[below]), f"hidden_states[{below}] changed"
+    assert not torch.allclose(steered[layer + 2], plain[layer + 2])
+
+
+def test_hidden_states_show_the_steered_output_even_after_earlier_calls(llama: tf.PreTrainedModel) -> None:
+    # transformers 5 records hidden states with its own forward hooks, installed on the first call that asks for
+    # them; a steering hook registered after them must still be what the recorder (and the next block) sees.
+    ids, _ = ids_batch([5])
+    vector = vec([0])
+    fresh = build_model("llama")
+    with steer(fresh, vector, 2.0):
+        first_call = forward(fresh, ids, use_cache=False).hidden_states
+    plain = forward(llama, ids, use_cache=False).hidden_states  # installs the recorder hooks
+    assert hooks(llama)
+    with steer(llama, vector, 2.0):
+        later_call = forward(llama, ids, use_cache=False).hidden_states
+    for a, b in zip(first_call, later_call, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(later_call[1], plain[1] + 2.0 * vector.layers[0])
+
+
+def test_steering_the_last_block_changes_logits_as_final_logits_says(family: str) -> None:
+    model = build_model(family)
+    ids, _ = ids_batch([6])
+    vector = vec([DEPTH - 1], seed=3)
+    original = last_block_output(model, ids)
+    with steer(model, vector, strength=-1.5):
+        logits = forward(model, ids, use_cache=False).logits
+    with torch.no_grad():
+        expected = final_logits(model, original + -1.5 * vector.layers[DEPTH - 1])
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_weighted_vectors_add_up(llama: tf.PreTrainedModel) -> None:
+    ids, _ = ids_batch([5, 5], seed=4)
+    a, b = vec([0, 1], seed=1), vec([1], seed=2)
+    plain = forward(llama, ids, use_cache=False).hidden_states
+    with steer(llama, [(a, 0.5), (b, -2.0)], strength=1.5):
+        steered = forward(llama, ids, use_cache=False)
+    torch.testing.assert_close(steered.hidden_states[1] - plain[1], (0.75 * a.layers[0]).expand_as(plain[1]),
+                               atol=1e-6, rtol=0)
+    # Layer 1 also carries the change coming from layer 0; the composite vector gives the same logits.
+    combined = a * 0.75 + b * -3.0
+    with steer(llama, combined):
+        single = forward(llama, ids, use_cache=False)
+    torch.testing.assert_close(steered.logits, single.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(steered.hidden_states[2], single.hidden_states[2], atol=1e-5, rtol=0)
+
+
+def test_layers_argument_restricts_the_hooks(llama: tf.PreTrainedModel) -> None:
+    ids, _ = ids_batch([5])
+    vector = vec([0, 1, 2])
+    plain = forward(llama, ids, use_cache=False).hidden_states
+    with steer(llama, vector, 3.0, layers=[1]) as handle:
+        assert handle.layers == [1]
+        steered = forward(llama, ids, use_cache=False).hidden_states
+    assert torch.equal(steered[1], plain[1])
+    assert torch.equal(steered[2], plain[2] + 3.0 * vector.layers[1])
+
+
+def test_custom_intervention_gets_the_hidden_state(llama: tf.PreTrainedModel) -> None:
+    class Scale:
+        """Adds 0.5 * h at layer 1: the output becomes 1.5 * h."""
+
+        layer_indices = (1,)
+        hidden_size = HIDDEN
+
+        def delta(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+            return 0.5 * hidden
+
+    ids, _ = ids_batch([4])
+    plain = forward(llama, ids, use_cache=False).hidden_states
+    with steer(llama, Scale()):
+        steered = forward(llama, ids, use_cache=False).hidden_states
+    torch.testing.assert_close(steered[2], 1.5 * plain[2], atol=1e-6, rtol=0)
+
+
+# Strength 0 and removal leave the model bit-identical
+
+
+def test_strength_zero_is_bit_identical(family: str) -> None:
+    model = build_model(family)
+    ids, mask = ids_batch([6, 4])
+    plain = forward(model, ids, mask).logits
+    vector = vec([0, 1, 2])
+    for positions in ("all", "prompt", "generated", "last_prompt"):
+        with steer(model, vector, strength=0.0, positions=positions) as handle:
+            assert handle.layers == []
+            assert torch.equal(forward(model, ids, mask).logits, plain)
+    with steer(model, [(vector, 1.0), (vec([1], seed=5), 2.0)], strength=0.0):
+        assert torch.equal(forward(model, ids, mask).logits, plain)
+
+
+def test_exit_remove_and_exceptions_restore_the_model(family: str) -> None:
+    model = build_model(family)
+    ids, mask = ids_batch([6, 3])
+    plain = forward(model, ids, mask).logits
+    before = hooks(model)  # transformers' own recorder hooks, installed by the call above
+    vector = vec([0, 2], scale=2.0)
+    for positions in ("all", "last_prompt"):
+        with steer(model, vector, 1.0, positions=positions):
+            assert not torch.allclose(forward(model, ids, mask).logits, plain)
+        assert hooks(model) == before
+        assert torch.equal(forward(model, ids, mask).logits, plain)
+
+    with pytest.raises(RuntimeError, match="boom"), steer(model, vector, 1.0, positions="generated"):
+        raise RuntimeError("boom")
+    assert hooks(model) == before
+    assert torch.equal(forward(model, ids, mask).logits, plain)
+
+    handle = apply_steering(model, vector, 1.0, positions="prompt")
+    assert hooks(model) != before
+    handle.remove()
+    handle.remove()  # a second remove is harmless
+    assert hooks(model) == before
+    assert torch.equal(forward(model, ids, mask).logits, plain)
+
+
+def test_the_users_model_is_not_mutated(llama: tf.PreTrainedModel) -> None:
+    before_modules = [(name, id(module), type(module)) for name, module in llama.named_modules()]
+    before_state = {k: v.clone() for k, v in llama.state_dict().items()}
+    before_blocks = list(decoder_blocks(llama))
+    ids, mask = ids_batch([5, 3])
+    with steer(llama, vec([0, 1, 2]), 2.0, positions="generated"):
+        llama.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert [(name, id(module), type(module)) for name, module in llama.named_modules()] == before_modules
+    assert list(decoder_blocks(llama)) == before_blocks
+    after = llama.state_dict()
+    assert after.keys() == before_state.keys()
+    assert all(torch.equal(after[k], v) for k, v in before_state.items())
+    assert hooks(llama) == {}  # generate() without hidden states installs no transformers hooks either
+    assert not llama.training
+
+
+# Positions are absolute columns
+
+
+def steered_columns(model: tf.PreTrainedModel, positions: str, ids: torch.Tensor, mask: torch.Tensor,
+                    chunk: torch.Tensor | None = None, layer: int = 1) -> list[int]:
+    """Columns of the last forward chunk whose layer output moved by exactly +vector (others must not move).
+
+    Without ``chunk`` the chunk is ``ids`` itself; with it, ``ids`` is prefilled into a cache first.
+    """
+    vector = vec([layer], seed=9)
+
+    def run() -> torch.Tensor:
+        if chunk is None:
+            return forward(model, ids, mask, use_cache=False).hidden_states[layer + 1]
+        cache = tf.DynamicCache(config=model.config)
+        forward(model, ids, mask, past_key_values=cache, use_cache=True)
+        full = torch.cat([mask, torch.ones_like(chunk)], dim=1)
+        return forward(model, chunk, full, past_key_values=cache, use_cache=True).hidden_states[layer + 1]
+
+    plain = run()
+    with steer(model, vector, 1.0, positions=positions):
+        steered = run()
+    moved = []
+    for column in range(plain.shape[1]):
+        if torch.equal(steered[:, column], plain[:, column]):
+            continue
+        assert torch.equal(steered[:, column], plain[:, column] + vector.layers[layer]), column
+        moved.append(column)
+    return moved
+
+
+@pytest.mark.parametrize(("positions", "expected"), [
+    ("all", [0, 1, 2, 3, 4, 5]), ("prompt", [0, 1, 2, 3, 4, 5]), ("generated", []), ("last_prompt", [5]),
+])
+def test_positions_on_a_whole_left_padded_prompt(llama: tf.PreTrainedModel, positions: str,
+                                                 expected: list[int]) -> None:
+    ids, mask = ids_batch([6, 4])
+    assert steered_columns(llama, positions, ids, mask) == expected
+
+
+@pytest.mark.parametrize(("positions", "expected_prefill", "expected_chunk"), [
+    ("all", [0, 1, 2, 3, 4], [0, 1, 2]),
+    ("prompt", [0, 1, 2, 3, 4], []),
+    ("generated", [], [0, 1, 2]),
+    ("last_prompt", [4], []),
+])
+def test_positions_with_a_kv_cache(family: str, positions: str, expected_prefill: list[int],
+                                   expected_chunk: list[int]) -> None:
+    model = build_model(family)
+    ids, mask = ids_batch([5, 3], seed=2)
+    chunk = torch.tensor([random_ids(3, 7), random_ids(3, 8)])
+    assert steered_columns(model, positions, ids, mask) == expected_prefill
+    assert steered_columns(model, positions, ids, mask, chunk) == expected_chunk
+
+
+# Generation
+
+
+def greedy(model: tf.PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, use_cache: bool,
+           n: int = 6) -> list[list[int]]:
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                             use_cache=use_cache, pad_token_id=0, eos_token_id=None, temperature=None,
+                             top_p=None, top_k=None)
+    return out[:, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", "last_prompt"])
+def test_cached_generation_equals_uncached_generation(family: str, positions: str) -> None:
+    model = build_model(family)
+    ids, mask = ids_batch([6])
+    vector = relative_vec(model, [1], seed=11, ratio=1.0)
+    plain = greedy(model, ids, mask, use_cache=True)
+    with steer(model, vector, 1.0, positions=positions):
+        cached = greedy(model, ids, mask, use_cache=True)
+        uncached = greedy(model, ids, mask, use_cache=False)
+        if family == "llama":
+            again = greedy(model, ids, mask, use_cache=True)  # the same handle steers a second call alike
+            assert again == cached
+    assert cached == uncached
+    assert cached != plain, "the vector should change the greedy tokens"
+    assert greedy(model, ids, mask, use_cache=False) == plain
+
+
+def test_generated_positions_steer_every_generated_token(llama: tf.PreTrainedModel) -> None:
+    # The bug other libraries shipped: a chunk-relative index stops steering after the prompt.
+    ids, mask = ids_batch([5])
+    vector = vec([1], seed=11, scale=0.6)
+    with steer(llama, vector, 1.0, positions="generated"):
+        # What the steering hook added: a hook that runs before it sees the block's own output.
+        deltas: list[torch.Tensor] = []
+        block = decoder_blocks(llama)[1]
+        plain_out: list[torch.Tensor] = []
+        pre = block.register_forward_hook(
+            lambda _m, _a, out: plain_out.append(out[0] if isinstance(out, tuple) else out), prepend=True)
+        post = block.register_forward_hook(
+            lambda _m, _a, out: deltas.append((out[0] if isinstance(out, tuple) else out) - plain_out[-1]))
+        try:
+            greedy(llama, ids, mask, use_cache=True, n=4)
+        finally:
+            pre.remove()
+            post.remove()
+    assert [d.shape[1] for d in deltas] == [5, 1, 1, 1]
+    assert torch.equal(deltas[0], torch.zeros_like(deltas[0]))
+    for step in deltas[1:]:  # (h + v) - h is v up to rounding
+        torch.testing.assert_close(step[0, 0], vector.layers[1], atol=1e-6, rtol=0)
+
+
+# "all" and "prompt" need no column arithmetic; these two depend on the padded prompt's absolute end.
+@pytest.mark.parametrize("positions", ["generated", "last_prompt"])
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(family: str, positions: str) -> None:
+    # float64: in float32 the padded batch's different matmul shapes change the last bits of the logits, which
+    # can flip a near-tie of a random model's greedy choice. Not gemma2: transformers' eager Gemma2 attention
+    # turns left-padded rows into NaN in float64 (without any steering), so it runs in float32.
+    model = build_model(family, dtype=torch.float32 if family == "gemma2" else torch.float64)
+    tokenizer = build_tokenizer()
+    prompts = ["w3 w9 w4 w1 w5 w9 w2", "w6 w5", "w8 w9 w7 w3"]
+    vector = relative_vec(model, [0, 2], seed=13, ratio=0.5)
+    before = hooks(model)
+    style = PromptStyle(chat=False)
+
+    def run(texts: list[str]) -> list[str]:
+        return generate(model, tokenizer, texts, max_new_tokens=6, style=style, steering=vector, strength=1.0,
+                        positions=positions)
+
+    batched = run(prompts)
+    single = [run([p])[0] for p in prompts]
+    assert batched == single
+    plain = generate(model, tokenizer, prompts, max_new_tokens=6, style=style)
+    assert batched != plain
+    assert hooks(model) == before
+
+
+# Bad input
+
+
+def test_bad_steering_requests_raise_clear_config_errors(llama: tf.PreTrainedModel) -> None:
+    with pytest.raises(ConfigError, match=r"layer 3 is out of range: the model has layers 0\.\.2"):
+        steer(llama, vec([1, 3]))
+    with pytest.raises(ConfigError, match="steering has hidden size 16 but the model has 32"):
+        steer(llama, SteeringVector({1: torch.ones(16)}))
+    with pytest.raises(ConfigError,
+                       match="unknown positions 'end'; choose one of all, prompt, generated, last_prompt"):
+        steer(llama, vec([1]), positions="end")
+    with pytest.raises(ConfigError, match=r"no steering defined at layer\(s\) \[0, 2\]"):
+        steer(llama, vec([1]), layers=[0, 1, 2])
+    with pytest.raises(ConfigError, match="cannot steer with an object of type str"):
+        steer(llama, [("not a vector", 1.0)])  # type: ignore[list-item]
+    assert hooks(llama) == {}
+
+
+def test_out_of_range_layer_in_a_later_vector_installs_nothing(llama: tf.PreTrainedModel) -> None:
+    with pytest.raises(ConfigError, match="out of range"):
+        apply_steering(llama, [(vec([0]), 1.0), (vec([5]), 1.0)], positions="generated")
+    assert hooks(llama) == {}
+
+
+def test_vocab_and_depth_of_the_fixture_models() -> None:
+    # The tests above rely on these numbers (column lists, layer ranges, token ids).
+    for family in FAMILIES:
+        model = build_model(family)
+        assert len(decoder_blocks(model)) == DEPTH
+        assert model.get_output_embeddings().weight.shape[0] == VOCAB

@@ -1,0 +1,143 @@
+"""score_grid over layers x strengths against a hooked full forward per grid point."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+import transformers as tf
+from conftest import DEPTH, HIDDEN, build_model, random_ids
+
+from steerlab.errors import ConfigError
+from steerlab.models import decoder_blocks
+from steerlab.sweep import ScoredItem, Scorer, predictions, score_grid
+from steerlab.vectors import SteeringVector
+
+LAYERS = list(range(DEPTH))
+STRENGTHS = [-2.0, 1.5]  # strength 0 has its own test
+LETTER_IDS = ((9, 7), (10,), (20,))
+QUESTIONS = [random_ids(5, 1), random_ids(2, 2), random_ids(7, 3)]
+CHOICES = [
+    [random_ids(2, 4), random_ids(1, 5)],
+    [random_ids(3, 6), random_ids(1, 7)],
+    [random_ids(1, 8), random_ids(4, 9)],
+]
+
+
+def vector() -> SteeringVector:
+    g = torch.Generator().manual_seed(0)
+    return SteeringVector({layer: torch.randn(HIDDEN, generator=g) for layer in LAYERS})
+
+
+@contextmanager
+def hooked(model: tf.PreTrainedModel, layer: int, add: torch.Tensor, columns: slice) -> Iterator[None]:
+    def hook(_m: object, _a: object, out: object) -> object:
+        hidden = (out[0] if isinstance(out, tuple) else out).clone()  # type: ignore[index]
+        hidden[:, columns] += add
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden  # type: ignore[index]
+
+    handle = decoder_blocks(model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def logprobs(model: tf.PreTrainedModel, ids: list[int]) -> torch.Tensor:
+    return torch.log_softmax(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].double(), dim=-1)
+
+
+def letter_scores(model: tf.PreTrainedModel) -> list[list[float]]:
+    rows = []
+    for question in QUESTIONS:
+        last = logprobs(model, question)[-1]
+        per_letter = torch.stack([torch.logsumexp(last[list(ids)], dim=0) for ids in LETTER_IDS])
+        rows.append(torch.log_softmax(per_letter, dim=0).tolist())
+    return rows
+
+
+def choice_scores(model: tf.PreTrainedModel, steer_from: str | None = None, layer: int = 0,
+                  add: torch.Tensor | None = None) -> list[list[float]]:
+    """Log-likelihood of each choice; ``steer_from`` "answer" steers from the last question token, "all" all."""
+    rows = []
+    for question, choices in zip(QUESTIONS, CHOICES, strict=True):
+        row = []
+        for choice in choices:
+            start = len(question) - 1
+            if steer_from is None:
+                lp = logprobs(model, question + choice)
+            else:
+                assert add is not None
+                columns = slice(start, None) if steer_from == "answer" else slice(None)
+                with hooked(model, layer, add, columns):
+                    lp = logprobs(model, question + choice)
+            row.append(sum(float(lp[start + j, token]) for j, token in enumerate(choice)))
+        rows.append(row)
+    return rows
+
+
+def assert_grid(got: list[list[float]], expected: list[list[float]]) -> None:
+    for row, want in zip(got, expected, strict=True):
+        assert row == pytest.approx(want, abs=2e-5)
+
+
+def test_letter_grid_with_last_token_steering(family: str) -> None:
+    model, v = build_model(family), vector()
+    items = [ScoredItem(tuple(q[:-1]), ((q[-1],),)) for q in QUESTIONS]
+    result = score_grid(model, items, Scorer(letter_ids=LETTER_IDS), v, LAYERS, STRENGTHS, batch_size=2)
+    assert_grid(result.baseline, letter_scores(model))
+    assert set(result.grid) == {(layer, s) for layer in LAYERS for s in STRENGTHS}
+    for (layer, strength), scores in result.grid.items():
+        with hooked(model, layer, strength * v.layers[layer], slice(-1, None)):
+            assert_grid(scores, letter_scores(model))
+
+
+def test_choice_grid_with_answer_steering(family: str) -> None:
+    model, v = build_model(family), vector()
+    items = [ScoredItem(tuple(q[:-1]), tuple((q[-1], *c) for c in cs)) for q, cs in zip(QUESTIONS, CHOICES,
+                                                                                           strict=True)]
+    result = score_grid(model, items, Scorer(), v, LAYERS, STRENGTHS, batch_size=2)
+    assert_grid(result.baseline, choice_scores(model))
+    for (layer, strength), scores in result.grid.items():
+        assert_grid(scores, choice_scores(model, "answer", layer, strength * v.layers[layer]))
+
+
+def test_choice_grid_with_all_position_steering(family: str) -> None:
+    model, v = build_model(family), vector()
+    items = [ScoredItem((), tuple((*q, *c) for c in cs), (len(q) - 1,) * len(cs))
+             for q, cs in zip(QUESTIONS, CHOICES, strict=True)]
+    result = score_grid(model, items, Scorer(), v, LAYERS, STRENGTHS, batch_size=3)
+    assert_grid(result.baseline, choice_scores(model))
+    for (layer, strength), scores in result.grid.items():
+        assert_grid(scores, choice_scores(model, "all", layer, strength * v.layers[layer]))
+
+
+def test_length_normalised_scores(llama: tf.PreTrainedModel) -> None:
+    items = [ScoredItem(tuple(q[:-1]), tuple((q[-1], *c) for c in cs)) for q, cs in zip(QUESTIONS, CHOICES,
+                                                                                           strict=True)]
+    result = score_grid(llama, items, Scorer(length_normalize=True))
+    expected = [[s / len(c) for s, c in zip(row, cs, strict=True)]
+                for row, cs in zip(choice_scores(llama), CHOICES, strict=True)]
+    assert_grid(result.baseline, expected)
+    assert result.grid == {}
+
+
+def test_strength_zero_equals_the_baseline_and_predictions(llama: tf.PreTrainedModel) -> None:
+    items = [ScoredItem(tuple(q[:-1]), ((q[-1],),)) for q in QUESTIONS]
+    result = score_grid(llama, items, Scorer(letter_ids=LETTER_IDS), vector(), [1], [0.0])
+    assert_grid(result.grid[(1, 0.0)], result.baseline)
+    assert predictions([[0.1, 0.5, 0.2], [0.3, 0.3, 0.1], [-1.0, -2.0, -0.5]]) == [1, 0, 2]
+
+
+def test_progress_and_errors(llama: tf.PreTrainedModel) -> None:
+    items = [ScoredItem(tuple(q[:-1]), ((q[-1],),)) for q in QUESTIONS]
+    calls: list[tuple[int, int, str]] = []
+    score_grid(llama, items, Scorer(letter_ids=LETTER_IDS), batch_size=2,
+               progress=lambda done, total, what: calls.append((done, total, what)), what="letters")
+    assert calls == [(2, 3, "letters"), (3, 3, "letters")]
+    partial = SteeringVector({0: torch.ones(HIDDEN)})
+    with pytest.raises(ConfigError, match=r"the vector has no direction at layer\(s\) \[1, 2\]"):
+        score_grid(llama, items, Scorer(letter_ids=LETTER_IDS), partial, [0, 1, 2], [1.0])
