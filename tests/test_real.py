@@ -60,7 +60,7 @@ def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     argv = ["run", "--task", "caa/survival-instinct", "--method", "ipas-wo,caa", "--layers", "9,12",
-            "--strengths", "2,8", "--n-train", "32", "--n-val", "16", "--n-test", "24", "--icl-k", "2",
+            "--strengths", "2,8", "--n-train", "24", "--n-val", "8", "--n-test", "16", "--icl-k", "1",
             "--out", str(out), "--quiet"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
@@ -68,16 +68,16 @@ def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
                 "delta", "delta_ci95", "controls", "sweep", "timings", "scoring", "scoring_check"):
         assert key in report, key
     assert report["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert report["n_test"] == 24 and len(report["per_item"]["ids"]) == 24
+    assert report["n_test"] == 16 and len(report["per_item"]["ids"]) == 16
     assert {"constant_letter", "random_direction", "icl", "icl_steering"} <= set(report["controls"])
     assert {"sweep", "val_unsteered_pass"} <= set(report["timings"])
     assert {(row["layer"], row["strength"]) for row in report["sweep"]} == {(9, 2.0), (9, 8.0), (12, 2.0), (12, 8.0)}
     assert set(report["methods"]) == {"ipas-wo", "caa"}
     per_item = report["per_item"]
     differences = [s - b for s, b in zip(per_item["steered_correct"], per_item["baseline_correct"], strict=True)]
-    assert report["baseline"]["test_accuracy"] == pytest.approx(sum(per_item["baseline_correct"]) / 24)
-    assert report["steered"]["test_accuracy"] == pytest.approx(sum(per_item["steered_correct"]) / 24)
-    assert report["delta"] == pytest.approx(sum(differences) / 24)
+    assert report["baseline"]["test_accuracy"] == pytest.approx(sum(per_item["baseline_correct"]) / 16)
+    assert report["steered"]["test_accuracy"] == pytest.approx(sum(per_item["steered_correct"]) / 16)
+    assert report["delta"] == pytest.approx(sum(differences) / 16)
     assert report["delta_ci95"] == pytest.approx(list(t_interval(differences)))
     for name in ("report.md", "val_heatmap.png", "val_vs_strength.png", "val_vs_layer.png", "test_deltas.png",
                  "vector.safetensors", "vectors/ipas-wo.safetensors"):

@@ -1,0 +1,277 @@
+"""The ``steerlab psr`` command: ``train`` a PSR model (or the constant baseline) and ``eval`` it.
+
+``register(subparsers)`` adds the command to steerlab's parser; ``python -m steerlab.psr_cli`` runs it alone::
+
+    python -m steerlab.psr_cli train --instruction french --kind s-psr --out french.safetensors
+    python -m steerlab.psr_cli eval --instruction french --steering french.safetensors --out french-report
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from steerlab.errors import ConfigError, SteerlabError
+
+_DEFAULT_CACHE = Path.home() / ".cache" / "steerlab" / "psr"
+
+
+class _Bars:
+    """A tqdm bar per phase, drawn on stderr: the library's ``Progress`` callback."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._what = ""
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self._bar is None or what != self._what or total != self._bar.total:
+            self.close()
+            self._bar = tqdm(total=total, desc=what, leave=False, dynamic_ncols=True, file=sys.stderr)
+            self._what = what
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--instruction",
+        required=True,
+        help="a built-in instruction name (caps, french, pirate, ocean, ...) or the instruction text",
+    )
+    p.add_argument(
+        "--check",
+        help='JSON check for a custom instruction, e.g. \'{"kind": "keyword", "words": '
+        '["ocean"]}\' (eval; train ignores it)',
+    )
+    p.add_argument("--model", help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--prompts", type=Path, help="neutral user prompts, one per line (default: the built-in set)"
+    )
+    p.add_argument("--n-prompts", type=int, help="use at most this many prompts")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``psr train`` and ``psr eval`` to an argparse subparsers object; handlers are in ``func``."""
+    psr = subparsers.add_parser(
+        "psr", help="prompt steering replacement: learn steering that does what a prompt does"
+    )
+    sub = psr.add_subparsers(dest="psr_command", required=True)
+
+    p = sub.add_parser(
+        "train", help="record what an instruction does and fit a PSR model or the constant vector"
+    )
+    _common(p)
+    p.add_argument("--kind", choices=("constant", "s-psr", "a-psr"), default="s-psr")
+    p.add_argument("--objective", choices=("mse", "likelihood"), default="mse")
+    p.add_argument(
+        "--layers",
+        type=_int_list,
+        help="layers to steer (default: 40%% depth for s-psr/constant, every depth/10-th for a-psr)",
+    )
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--hinge-weight", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=_DEFAULT_CACHE, help="activation cache folder (resumable)")
+    p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval", help="prompting vs steering at matched coherence: report.json, report.md, plots"
+    )
+    _common(p)
+    p.add_argument(
+        "--steering",
+        action="append",
+        required=True,
+        type=Path,
+        help="a PSR or vector file; repeat to compare several (named NAME=PATH or by their kind)",
+    )
+    p.add_argument("--alphas", type=_float_list, help="alpha grid (default 0.5,1,1.5,2,3,4,6)")
+    p.add_argument("--refine", type=int, default=2, help="bisection steps at the coherence edge")
+    p.add_argument("--coherence-target", type=float, default=0.8)
+    p.add_argument("--ppl-max", type=float, default=10.0)
+    p.add_argument("--rep-max", type=float, default=0.3)
+    p.add_argument("--out", type=Path, default=Path("psr-report"), help="report folder")
+    p.set_defaults(func=cmd_eval)
+
+
+def _setup(args: argparse.Namespace, *, judged: bool) -> tuple[Any, Any, Any, list[str], list[str]]:
+    import torch
+
+    from steerlab.checks import Check, Instruction, builtin_instructions, resolve_instruction
+    from steerlab.models import load_model
+    from steerlab.psrdata import load_prompts, split_prompts
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if judged or args.instruction in builtin_instructions():
+        instruction = resolve_instruction(args.instruction, args.check)
+    else:  # training needs only the text; the check matters to eval
+        instruction = Instruction("custom", args.instruction, Check("no_commas"))
+    prompts = load_prompts(args.prompts)
+    train, held_out = split_prompts(prompts, builtin=args.prompts is None)
+    if args.n_prompts is not None:
+        if args.n_prompts < 1:
+            raise ConfigError(f"--n-prompts must be at least 1, got {args.n_prompts}")
+        train, held_out = train[: args.n_prompts], held_out[: args.n_prompts]
+    if not args.quiet:
+        print(
+            f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr, flush=True
+        )
+    model, tok = load_model(args.model)
+    return instruction, model, tok, train, held_out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``steerlab psr train``: build (or resume) the activation data, fit, write the file."""
+    from steerlab.psr import TrainSettings, default_layers, train_psr
+    from steerlab.psrdata import build_activation_data
+
+    instruction, model, tok, train, _ = _setup(args, judged=False)
+    layers = args.layers or default_layers(model, args.kind)
+    bars = _Bars(not args.quiet)
+    start = time.perf_counter()
+    data = build_activation_data(
+        model,
+        tok,
+        instruction.text,
+        train,
+        cache_dir=args.cache,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=bars,
+    )
+    recorded = time.perf_counter() - start
+    settings = TrainSettings(
+        epochs=args.epochs,
+        lr=args.lr,
+        hinge_weight=args.hinge_weight,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    psr = train_psr(
+        model, data, kind=args.kind, layers=layers, objective=args.objective, settings=settings, progress=bars
+    )
+    bars.close()
+    psr.save(args.out)
+    meta = psr.metadata or {}
+    print(
+        f"wrote {args.out}: {args.kind} ({meta.get('objective')}) at layers {psr.layer_indices} for "
+        f'"{instruction.text}" from {len(data.items)} responses ({data.offsets[-1]} tokens); data '
+        f"{recorded:.1f} s, training {meta['training']['seconds']:.1f} s"
+    )
+    return 0
+
+
+def _named(raw: Path) -> tuple[str, Path]:
+    """``NAME=PATH`` or a plain path (whose name is then taken from the file)."""
+    name, sep, rest = str(raw).partition("=")
+    return (name, Path(rest)) if sep and name and not raw.exists() else ("", raw)
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``steerlab psr eval``: alpha search per steering file, then the report folder."""
+    from steerlab.models import hidden_size, model_name, num_layers
+    from steerlab.psr import PSRModel, load_steering
+    from steerlab.psreval import (
+        DEFAULT_ALPHAS,
+        EvalSettings,
+        evaluate,
+        summary_rows,
+        token_coefficients,
+        write_coefficient_view,
+        write_report,
+    )
+
+    instruction, model, tok, _, held_out = _setup(args, judged=True)
+    methods: dict[str, Any] = {}
+    for raw in args.steering:
+        name, path = _named(raw)
+        steering = load_steering(path)
+        steering.check_compatible(hidden_size(model), num_layers(model), model_name(model))
+        if not name:
+            name = steering.psr_kind if isinstance(steering, PSRModel) else "vector"
+        if name in methods:
+            name = f"{name}:{path.stem}"
+        methods[name] = steering
+    settings = EvalSettings(
+        alphas=tuple(args.alphas or DEFAULT_ALPHAS),
+        refine=args.refine,
+        coherence_target=args.coherence_target,
+        ppl_max=args.ppl_max,
+        rep_max=args.rep_max,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    bars = _Bars(not args.quiet)
+    report = evaluate(model, tok, instruction, held_out, methods, settings, bars)
+    bars.close()
+    written = write_report(report, args.out)
+    for name, steering in methods.items():
+        if isinstance(steering, PSRModel) and steering.psr_kind != "constant":
+            view = token_coefficients(
+                model, tok, steering, instruction.text, held_out[0], max_new_tokens=args.max_new_tokens
+            )
+            stem = name.replace(":", "_")
+            png, page = args.out / f"coefficients_{stem}.png", args.out / f"coefficients_{stem}.html"
+            write_coefficient_view(view, png, page)
+            written += [png, page]
+    for row in summary_rows(report):
+        print(
+            f"{row['method']:>10}  alpha {_show(row['alpha'])}  score {_show(row['score'])}  "
+            f"coherent {_show(row['coherence'])}  median ppl {_show(row['median_ppl'])}"
+        )
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``psr`` command on its own (``python -m steerlab.psr_cli train ...``)."""
+    parser = argparse.ArgumentParser(prog="steerlab")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["psr", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except SteerlabError as exc:
+        print(f"steerlab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""Data for prompt steering replacement: what an instruction does to the activations, token by token.
+
+For each neutral user prompt the model answers WITH the instruction (as the system prompt, or prepended to the
+user turn when the chat template has no system role). That response is then teacher-forced twice: after the
+prompted prefix and after the plain prefix (no instruction). At every recorded layer and every position that
+predicts a response token, both activations are kept. Row ``j`` of an item's block belongs to the position
+that predicts response token ``j``: the last prefix token for ``j = 0``, response token ``j - 1`` after that.
+
+Recording is cached on disk in chunks (safetensors files, JSON metadata; no pickle), so an interrupted run
+resumes where it stopped. Example::
+
+    from steerlab import load_model
+    from steerlab.psrdata import build_activation_data, load_prompts
+    model, tok = load_model()
+    data = build_activation_data(model, tok, "Respond in French.", load_prompts()[:32], cache_dir="psr-cache")
+    print(len(data.items), data.prompted[12].shape)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from steerlab.errors import ConfigError, DataError, VectorFileError
+from steerlab.models import decoder_blocks, hidden_size, model_name, num_layers
+from steerlab.progress import Progress, silent
+from steerlab.prompts import PromptStyle, encode
+from steerlab.vectors import atomic_output, write_steering_file
+
+CHUNK_KIND = "psr-activations"
+# The last EVAL_RESERVE built-in prompts are held out for evaluation; training draws from the others.
+EVAL_RESERVE = 60
+
+
+def load_prompts(path: str | Path | None = None) -> list[str]:
+    """Neutral user prompts, one per line (blank lines and lines starting with ``#`` skipped).
+
+    ``None`` reads the built-in set. Example::
+
+        prompts = load_prompts()
+        assert len(prompts) >= 200
+    """
+    if path is None:
+        text = resources.files("steerlab").joinpath("resources/neutral_prompts.txt").read_text("utf-8")
+        source = "built-in neutral prompts"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError("no such prompts file", path=p)
+        try:
+            text = p.read_text("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text: {exc}", path=p) from None
+        source = str(p)
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [line for line in prompts if line and not line.startswith("#")]
+    if not prompts:
+        raise DataError("holds no prompts", path=source)
+    return prompts
+
+
+def split_prompts(prompts: Sequence[str], *, builtin: bool) -> tuple[list[str], list[str]]:
+    """``(train, held_out)``: the built-in set keeps its last EVAL_RESERVE prompts for evaluation only."""
+    if not builtin:
+        return list(prompts), list(prompts)
+    return list(prompts[:-EVAL_RESERVE]), list(prompts[-EVAL_RESERVE:])
+
+
+@dataclass(frozen=True)
+class Item:
+    """One prompt, the response the instruction produced, and both token prefixes it continues."""
+
+    prompt: str
+    response: str
+    response_ids: list[int]
+    prompted_prefix: list[int]
+    plain_prefix: list[int]
+
+    def sequence(self, prompted: bool) -> list[int]:
+        return (self.prompted_prefix if prompted else self.plain_prefix) + self.response_ids
+
+    def start(self, prompted: bool) -> int:
+        """The position that predicts the first response token."""
+        return len(self.prompted_prefix if prompted else self.plain_prefix) - 1
+
+
+@dataclass(eq=False)
+class ActivationData:
+    """Per layer, rows of activations (one per response token of every item, items in order).
+
+    ``prompted[layer]`` and ``plain[layer]`` have shape (total response tokens, hidden); item ``i`` owns rows
+    ``offsets[i]:offsets[i + 1]``.
+    """
+
+    instruction: str
+    model: str
+    items: list[Item]
+    prompted: dict[int, torch.Tensor]
+    plain: dict[int, torch.Tensor]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.prompted)
+
+    @property
+    def offsets(self) -> list[int]:
+        out = [0]
+        for item in self.items:
+            out.append(out[-1] + len(item.response_ids))
+        return out
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self.prompted.values())).shape[1])
+
+    def mean_difference(self, layer: int) -> torch.Tensor:
+        """Mean over response tokens of prompted minus plain activation: the constant steering vector."""
+        return (self.prompted[layer] - self.plain[layer]).mean(dim=0)
+
+
+def instruction_style(instruction: str | None) -> PromptStyle:
+    """Chat style with the instruction as system prompt (``render`` prepends it without a system role)."""
+    return PromptStyle(chat=True, system=instruction)
+
+
+def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end a response: eos (of tokenizer and generation config) and pad."""
+    ids: set[int] = set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, tokenizer.pad_token_id, config_eos):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def generate_ids(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prefixes: Sequence[list[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """Greedy continuations of token prefixes (left-padded in one batch), cut before the first stop token.
+
+    The caller installs any steering; the ids are kept as generated, never re-tokenised from text.
+    """
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise ConfigError("the tokenizer needs a pad token to batch prompts")
+    width = max(len(p) for p in prefixes)
+    ids = torch.full((len(prefixes), width), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for row, prefix in enumerate(prefixes):
+        ids[row, width - len(prefix) :] = torch.tensor(prefix)
+        mask[row, width - len(prefix) :] = 1
+    device = next(model.parameters()).device
+    generator = cast(Callable[..., torch.Tensor], model.generate)
+    with torch.no_grad():
+        out = generator(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=int(pad),
+        )
+    stops = stop_ids(model, tokenizer)
+    responses = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+        responses.append([int(t) for t in row[:cut]])
+    return responses
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """The text of generated ids, special tokens dropped."""
+    return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+def render_ids(tokenizer: PreTrainedTokenizerBase, user: str, instruction: str | None) -> list[int]:
+    """Token ids of the chat prefix for ``user``, with or without the instruction, up to the answer."""
+    style = instruction_style(instruction)
+    return encode(tokenizer, style.render(tokenizer, user), templated=style.templated(tokenizer))
+
+
+class _Stop(Exception):
+    """Raised by a hook once the last wanted layer has run: the rest of the forward is not needed."""
+
+
+@contextmanager
+def capture(
+    model: nn.Module, layers: Sequence[int], *, stop_after: bool = False
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Hooks that store each listed block's output (as the next block receives it) in the yielded dict.
+
+    With ``stop_after`` the forward is cut short after the deepest listed layer; wrap the call in
+    :func:`run_until_captured`. Hooks added here run after steering hooks, so they see the steered stream.
+    """
+    store: dict[int, torch.Tensor] = {}
+    blocks = decoder_blocks(model)
+    last = max(layers)
+    handles = []
+    for layer in layers:
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any, layer: int = layer) -> None:
+            store[layer] = output[0] if isinstance(output, tuple) else output
+            if stop_after and layer == last:
+                raise _Stop
+
+        handles.append(blocks[layer].register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_until_captured(model: nn.Module, **inputs: torch.Tensor) -> None:
+    """Run ``model(**inputs)`` under a ``capture(..., stop_after=True)`` block, swallowing the early stop."""
+    with suppress(_Stop):
+        model(**inputs)
+
+
+def pad_batch(sequences: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask: real tokens keep positions 0.. and never see the padding."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def response_index(items: Sequence[Item], prompted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) indices of the positions predicting the response tokens, items in order."""
+    rows: list[int] = []
+    cols: list[int] = []
+    for row, item in enumerate(items):
+        start = item.start(prompted)
+        rows += [row] * len(item.response_ids)
+        cols += range(start, start + len(item.response_ids))
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+
+
+def record(
+    model: nn.Module, items: Sequence[Item], layers: Sequence[int], *, prompted: bool, pad: int
+) -> dict[int, torch.Tensor]:
+    """Teacher-forced activations at the response positions of ``items`` (one batch), per layer, float32."""
+    ids, mask = pad_batch([item.sequence(prompted) for item in items], pad)
+    rows, cols = response_index(items, prompted)
+    device = next(model.parameters()).device
+    with torch.no_grad(), capture(model, layers, stop_after=True) as store:
+        run_until_captured(model, input_ids=ids.to(device), attention_mask=mask.to(device))
+    return {layer: store[layer][rows, cols].float().cpu() for layer in layers}
+
+
+def _cache_folder(root: Path, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return root / digest
+
+
+def _chunk_path(folder: Path, index: int) -> Path:
+    return folder / f"chunk-{index:05d}.safetensors"
+
+
+def build_activation_data(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    instruction: str,
+    prompts: Sequence[str],
+    *,
+    cache_dir: str | Path,
+    layers: Sequence[int] | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    chunk_size: int = 16,
+    progress: Progress = silent,
+) -> ActivationData:
+    """Generate the instructed responses and record both teacher-forced runs, chunk by chunk, resumably.
+
+    ``layers`` defaults to every layer. The cache folder under ``cache_dir`` is named by a hash of everything
+    that changes the data (model, instruction, prompts, layers, max_new_tokens, chunk_size), so a changed
+    setting never reuses stale chunks. Responses that are empty are dropped.
+    """
+    if not instruction.strip():
+        raise ConfigError("the instruction is empty")
+    if not prompts:
+        raise ConfigError("no prompts to build PSR data from")
+    depth = num_layers(model)
+    wanted = list(range(depth)) if layers is None else sorted(set(layers))
+    bad = [layer for layer in wanted if not 0 <= layer < depth]
+    if bad:
+        raise ConfigError(f"layer(s) {bad} out of range: the model has layers 0..{depth - 1}")
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise ConfigError("the tokenizer needs a pad token to batch prompts")
+    key = {
+        "model": model_name(model),
+        "instruction": instruction,
+        "prompts": list(prompts),
+        "layers": wanted,
+        "max_new_tokens": max_new_tokens,
+        "chunk_size": chunk_size,
+        "version": 1,
+    }
+    folder = _cache_folder(Path(cache_dir), key)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_output(folder / "key.json") as tmp:
+        tmp.write_text(json.dumps(key, indent=1, sort_keys=True), "utf-8")
+    chunks = [list(prompts[i : i + chunk_size]) for i in range(0, len(prompts), chunk_size)]
+    for index, chunk in enumerate(chunks):
+        path = _chunk_path(folder, index)
+        if not path.exists():
+            _write_chunk(
+                model, tokenizer, instruction, chunk, wanted, path, max_new_tokens, batch_size, int(pad)
+            )
+        progress(index + 1, len(chunks), "PSR data")
+    return load_activation_data(
+        folder, instruction=instruction, model=str(key["model"]), layers=wanted, chunks=len(chunks)
+    )
+
+
+def _write_chunk(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    instruction: str,
+    prompts: list[str],
+    layers: list[int],
+    path: Path,
+    max_new_tokens: int,
+    batch_size: int,
+    pad: int,
+) -> None:
+    items: list[Item] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        prefixes = [render_ids(tokenizer, p, instruction) for p in batch]
+        responses = generate_ids(model, tokenizer, prefixes, max_new_tokens)
+        for prompt, prefix, response in zip(batch, prefixes, responses, strict=True):
+            if response:
+                items.append(
+                    Item(
+                        prompt,
+                        decode(tokenizer, response),
+                        response,
+                        prefix,
+                        render_ids(tokenizer, prompt, None),
+                    )
+                )
+    tensors: dict[str, torch.Tensor] = {}
+    for prompted, name in ((True, "prompted"), (False, "plain")):
+        parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        for start in range(0, len(items), batch_size):
+            recorded = record(model, items[start : start + batch_size], layers, prompted=prompted, pad=pad)
+            for layer in layers:
+                parts[layer].append(recorded[layer])
+        for layer in layers:
+            rows = parts[layer]
+            tensors[f"{name}.{layer}"] = torch.cat(rows) if rows else torch.zeros((0, hidden_size(model)))
+    write_steering_file(path, tensors, {"kind": CHUNK_KIND, "items": [asdict(item) for item in items]})
+
+
+def load_activation_data(
+    folder: str | Path, *, instruction: str, model: str, layers: Sequence[int], chunks: int
+) -> ActivationData:
+    """Read the chunks of a cache folder, keeping only ``layers`` (each tensor is read on its own)."""
+    items: list[Item] = []
+    prompted: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    plain: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for index in range(chunks):
+        path = _chunk_path(Path(folder), index)
+        try:
+            with safe_open(str(path), framework="pt") as reader:
+                meta = json.loads((reader.metadata() or {}).get("metadata", "{}"))
+                if meta.get("kind") != CHUNK_KIND:
+                    raise VectorFileError(f"{path}: not a PSR activation chunk")
+                chunk_items = [Item(**raw) for raw in meta["items"]]
+                if chunk_items:
+                    for layer in layers:
+                        prompted[layer].append(reader.get_tensor(f"prompted.{layer}"))
+                        plain[layer].append(reader.get_tensor(f"plain.{layer}"))
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise VectorFileError(
+                f"{path}: unreadable PSR cache chunk ({exc}); delete it to recompute it"
+            ) from None
+        items += chunk_items
+    if not items:
+        raise DataError("the instruction produced no non-empty responses", path=folder)
+    return ActivationData(
+        instruction,
+        model,
+        items,
+        {k: torch.cat(v) for k, v in prompted.items()},
+        {k: torch.cat(v) for k, v in plain.items()},
+    )
