@@ -193,7 +193,8 @@ def apply_steering(
     if positions != "all" and by_layer:
 
         def track(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            cache = kwargs.get("past_key_values")
+            # transformers 5.24 renamed the base model's ``past_key_values`` argument to ``cache``.
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
             state.offset = int(cache.get_seq_length()) if cache is not None else 0
             if state.offset == 0:
                 # Without a cache every generation step re-feeds the whole sequence from column 0: the prompt is
