@@ -20,7 +20,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from steerlab.errors import ConfigError
-from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
+from steerlab.models import base_model, cache_kwarg, decoder_blocks, hidden_size, num_layers
 from steerlab.progress import Progress, silent
 
 
@@ -100,7 +100,7 @@ def _run_batch(
             cache = DynamicCache(config=getattr(model, "config", None))
             positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
             with contextlib.suppress(_Stop):
-                base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, past_key_values=cache,
+                base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, **cache_kwarg(base, cache),
                      use_cache=True)
             if per_group > 1:
                 cache.batch_repeat_interleave(per_group)
@@ -118,7 +118,7 @@ def _run_batch(
         positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
         capturing = True
         with contextlib.suppress(_Stop):
-            base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            base(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwarg(base, cache),
                  use_cache=cache is not None)
     finally:
         for handle in handles:

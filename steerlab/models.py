@@ -9,6 +9,7 @@ block's output must hook the block itself; ``final_logits`` turns such an output
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -119,8 +120,14 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
+def cache_kwarg(module: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` for ``module``'s forward: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
+    name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
 def base_model(model: nn.Module) -> nn.Module:
-    """The module that owns the block list: the one whose forward takes ``past_key_values``."""
+    """The module that owns the block list: the one whose forward takes the KV cache."""
     parent, _, _ = architecture(model).blocks.rpartition(".")
     if not parent:
         return model

@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from steerlab.errors import ConfigError
 from steerlab.extract import _pad_id
+from steerlab.models import cache_kwarg
 from steerlab.progress import Progress, silent
 
 
@@ -71,7 +72,7 @@ def _choice_batch(model: nn.Module, batch: Sequence[ChoiceQuestion], pad: int, d
     prefix_ids, prefix_mask = _left_pad(heads, pad, device)
     cache = DynamicCache(config=getattr(model, "config", None))
     positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
-    model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, past_key_values=cache,
+    model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, **cache_kwarg(model, cache),
           use_cache=True, logits_to_keep=1)
     counts = [len(q.choices) for q in batch]
     index = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], device=device)
@@ -86,7 +87,7 @@ def _choice_batch(model: nn.Module, batch: Sequence[ChoiceQuestion], pad: int, d
         mask[row, : len(tail)] = 1
     full_mask = torch.cat([prefix_mask, mask], dim=1)
     positions = (full_mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
-    logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+    logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, **cache_kwarg(model, cache),
                    use_cache=True).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
     logprobs = logprobs * mask[:, 1:]

@@ -27,7 +27,7 @@ from transformers.cache_utils import DynamicLayer
 
 from steerlab.errors import ConfigError
 from steerlab.extract import _pad_id
-from steerlab.models import base_model, final_logits, num_layers
+from steerlab.models import base_model, cache_kwarg, final_logits, num_layers
 from steerlab.progress import Progress, silent
 from steerlab.replay import expanded_cache, record, run_above
 from steerlab.vectors import SteeringVector
@@ -128,8 +128,8 @@ def _shared_prefix(model: nn.Module, items: Sequence[ScoredItem]) -> _Shared:
         return _Shared(0, None)
     device = next(model.parameters()).device
     cache = DynamicCache(config=getattr(model, "config", None))
-    base_model(model)(input_ids=torch.tensor([prefixes[0][:length]], device=device), past_key_values=cache,
-                      use_cache=True)
+    base = base_model(model)
+    base(input_ids=torch.tensor([prefixes[0][:length]], device=device), **cache_kwarg(base, cache), use_cache=True)
     return _Shared(length, cache)
 
 
@@ -161,7 +161,7 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
             prefix_cache = DynamicCache(config=getattr(model, "config", None))
             prefix_mask = rest_mask
         positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)[:, shared.length:]
-        base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, past_key_values=prefix_cache,
+        base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, **cache_kwarg(base, prefix_cache),
              use_cache=True)
         cache = prefix_cache
         index = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], device=device)
@@ -179,7 +179,7 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
     pristine = copy.deepcopy(cache) if cache is not None else None
     with record(model) as recording:
-        base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        base(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwarg(base, cache),
              use_cache=cache is not None)
     last = num_layers(model) - 1
     baseline = _group(_scores(model, recording.outputs[last], rows, starts, scorer), counts, scorer.letters)

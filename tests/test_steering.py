@@ -11,7 +11,7 @@ from conftest import DEPTH, FAMILIES, HIDDEN, VOCAB, build_model, build_tokenize
 
 from steerlab import generate
 from steerlab.errors import ConfigError
-from steerlab.models import decoder_blocks, final_logits
+from steerlab.models import cache_kwarg, decoder_blocks, final_logits
 from steerlab.prompts import PromptStyle
 from steerlab.steering import apply_steering, steer
 from steerlab.vectors import SteeringVector
@@ -228,9 +228,9 @@ def steered_columns(model: tf.PreTrainedModel, positions: str, ids: torch.Tensor
         if chunk is None:
             return forward(model, ids, mask, use_cache=False).hidden_states[layer + 1]
         cache = tf.DynamicCache(config=model.config)
-        forward(model, ids, mask, past_key_values=cache, use_cache=True)
+        forward(model, ids, mask, **cache_kwarg(model, cache), use_cache=True)
         full = torch.cat([mask, torch.ones_like(chunk)], dim=1)
-        return forward(model, chunk, full, past_key_values=cache, use_cache=True).hidden_states[layer + 1]
+        return forward(model, chunk, full, **cache_kwarg(model, cache), use_cache=True).hidden_states[layer + 1]
 
     plain = run()
     with steer(model, vector, 1.0, positions=positions):
