@@ -1,4 +1,4 @@
-"""Test-split statistics: accuracies, paired differences with confidence intervals, letter controls."""
+"""Test-split statistics: accuracies, paired differences with confidence intervals, constant-answer controls."""
 
 from __future__ import annotations
 
@@ -50,3 +50,14 @@ def constant_letter(items: Sequence[MCItem]) -> dict[str, object]:
     counts = Counter(item.answer for item in items)
     letter, hits = max(sorted(counts.items()), key=lambda kv: kv[1])
     return {"letter": LETTERS[letter], "accuracy": hits / len(items)}
+
+
+def shortest_answer(answer_lengths: Sequence[Sequence[int]], items: Sequence[MCItem]) -> dict[str, object]:
+    """The accuracy of always picking the choice with the fewest answer tokens (ties: the first one).
+
+    Summed choice likelihood favours short answers, and a model pushed far off its distribution by any large
+    vector falls back on exactly that: when the right answer is often the shortest, this is the bar a steering
+    vector (and the random direction) must beat.
+    """
+    picks = [min(range(len(lengths)), key=lambda k: (lengths[k], k)) for lengths in answer_lengths]
+    return {"accuracy": mean(correctness(picks, items))}

@@ -32,7 +32,7 @@ DELTAS_PNG = "test_deltas.png"
 
 _DPI = 100
 # Known controls in the order they are shown; any other control follows in its report order.
-_CONTROL_ORDER = ("random_direction", "icl", "icl_steering", "constant_letter")
+_CONTROL_ORDER = ("random_direction", "icl", "icl_steering", "constant_letter", "shortest_answer")
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -129,12 +129,21 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _verdict(ci: Any) -> str:
+def _verdict(ci: Any, random: dict[str, Any] | None = None) -> str:
     b = _bounds(ci)
     if b is None:
         return "no 95% interval could be computed"
     if b[0] > 0:
-        return "the 95% interval excludes 0: steering raised test accuracy"
+        raised = "the 95% interval excludes 0: steering raised test accuracy"
+        versus = (random or {}).get("steered_minus_random")
+        vb = _bounds(versus.get("delta_ci95")) if versus else None
+        if versus is None or vb is None:
+            return raised
+        gap = f"steered - random {_signed(versus['delta'])} {_ci(versus['delta_ci95'])}"
+        if vb[0] > 0:
+            return f"{raised}, and more than a random direction of the same norm did ({gap})"
+        return (f"{raised}, but no more than a random direction of the same norm did ({gap}): the gain is not "
+                f"specific to this direction")
     if b[1] < 0:
         return "the 95% interval excludes 0: steering lowered test accuracy"
     return "the 95% interval includes 0: no reliable change in test accuracy"
@@ -176,6 +185,8 @@ def _control_label(name: str, control: dict[str, Any]) -> str:
     if name == "constant_letter":
         letter = f" ({control['letter']})" if "letter" in control else ""
         return f"best constant letter{letter}"
+    if name == "shortest_answer":
+        return "always the shortest answer"
     return _humanize(name)
 
 
@@ -251,7 +262,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     method = report["method"]
     parts = [f"# steerlab report: {report.get('task')}", _headline(report) + "."]
 
-    verdict = _verdict(report.get("delta_ci95"))
+    verdict = _verdict(report.get("delta_ci95"), (report.get("controls") or {}).get("random_direction"))
     n_test = f"{report['n_test']} test items" if "n_test" in report else None
     basis = ", ".join(x for x in (report.get("ci_method"), n_test) if x)
     parts.append(verdict[0].upper() + verdict[1:] + (f" ({basis})." if basis else "."))
@@ -408,7 +419,8 @@ def result_table(report: dict[str, Any]) -> str:
     seeds = report.get("seeds")
     over = f", {seeds} seeds" if isinstance(seeds, int) and seeds > 1 else ""
     setting = f"layer {report.get('layer')}, strength {_strength(report.get('strength'))}{over}"
-    lines += ["", f"chosen: {method} ({setting}); {_verdict(report.get('delta_ci95'))}"]
+    random = (report.get("controls") or {}).get("random_direction")
+    lines += ["", f"chosen: {method} ({setting}); {_verdict(report.get('delta_ci95'), random)}"]
     return "\n".join(lines)
 
 

@@ -33,7 +33,15 @@ from transformers import PreTrainedTokenizerBase
 from steerlab import __version__
 from steerlab.data import MCItem, shuffle_choices, split_items
 from steerlab.errors import ConfigError
-from steerlab.evaluate import constant_letter, correctness, letter_counts, mean, paired_delta, t_interval
+from steerlab.evaluate import (
+    constant_letter,
+    correctness,
+    letter_counts,
+    mean,
+    paired_delta,
+    shortest_answer,
+    t_interval,
+)
 from steerlab.models import model_name, num_layers
 from steerlab.pas import PAS_METHODS, TaskFormat, build_vector, icl_history, method_problem, scored_item
 from steerlab.progress import Progress, silent
@@ -268,6 +276,7 @@ class _Runner:
                 "baseline_test_accuracy": mean(test_base), "steered_test_accuracy": mean(steered),
                 **paired_delta(steered, test_base),
                 "random_direction": random_control,
+                "steered_correct": steered,
                 "sweep": [{"layer": lay, "strength": s, "val_accuracy": acc}
                           for (lay, s), acc in sorted(points.items())],
                 "steered_predicted": steered_pred, "vector": vector,
@@ -318,6 +327,7 @@ class _Runner:
                 methods[name] = {"skipped": data.get("skipped", "did not run")}
                 continue
             first_run = runs[0]
+            vs_random = [paired_delta(r["steered_correct"], r["random_direction"]) for r in runs]
             methods[name] = {
                 "layer": first_run["layer"], "strength": first_run["strength"],
                 "val_accuracy": mean([r["val_accuracy"] for r in runs]),
@@ -325,7 +335,10 @@ class _Runner:
                 "steered_test_accuracy": mean([r["steered_test_accuracy"] for r in runs]),
                 **summary([r["delta"] for r in runs], {"delta": first_run["delta"],
                                                         "delta_ci95": first_run["delta_ci95"]}),
-                "controls": {"random_direction": control(runs, "random_direction")},
+                "controls": {"random_direction": {
+                    **control(runs, "random_direction"),
+                    "steered_minus_random": summary(
+                        [float(d["delta"]) for d in vs_random], vs_random[0])}},  # type: ignore[arg-type]
                 "per_seed": [{k: r[k] for k in ("seed", "layer", "strength", "val_accuracy", "baseline_test_accuracy",
                                                 "steered_test_accuracy", "delta", "delta_ci95")} for r in runs],
                 "sweep": first_run["sweep"],
@@ -337,6 +350,17 @@ class _Runner:
         row0 = seed_rows[0]
         test0 = row0["splits"].test
         width = max(len(i.choices) for i in test0)
+        controls: dict[str, Any] = {
+            "constant_letter": constant_letter(test0),
+            "random_direction": chosen["controls"]["random_direction"],
+            "icl": {"k": c.icl_k, **control(seed_rows, "icl")},
+            "icl_steering": chosen["controls"]["icl_steering"],
+        }
+        if fmt.scoring == "likelihood":
+            scored = [scored_item(self.tokenizer, item, fmt) for item in test0]
+            lengths = [[len(chunk) - 1 - start for chunk, start in zip(s.chunks, s.score_from, strict=True)]
+                       for s in scored]
+            controls["shortest_answer"] = shortest_answer(lengths, test0)
         report: dict[str, Any] = {
             "steerlab_version": __version__,
             "model": model_name(self.model),
@@ -355,12 +379,7 @@ class _Runner:
             "delta": chosen["delta"],
             "delta_ci95": chosen["delta_ci95"],
             "ci_method": "t-interval over seeds" if c.seeds > 1 else "paired t-interval over test items",
-            "controls": {
-                "constant_letter": constant_letter(test0),
-                "random_direction": chosen["controls"]["random_direction"],
-                "icl": {"k": c.icl_k, **control(seed_rows, "icl")},
-                "icl_steering": chosen["controls"]["icl_steering"],
-            },
+            "controls": controls,
             "letters": {
                 "correct": letter_counts([i.answer for i in test0], width),
                 "predicted_baseline": letter_counts(row0["test_predicted"], width),

@@ -8,7 +8,15 @@ import pytest
 from scipy import stats
 
 from steerlab.data import MCItem
-from steerlab.evaluate import constant_letter, correctness, letter_counts, mean, paired_delta, t_interval
+from steerlab.evaluate import (
+    constant_letter,
+    correctness,
+    letter_counts,
+    mean,
+    paired_delta,
+    shortest_answer,
+    t_interval,
+)
 
 
 def item(answer: int, n: int = 3) -> MCItem:
@@ -67,3 +75,10 @@ def test_correctness_counts_and_mean() -> None:
     assert letter_counts([0, 2, 2, 0, 0], 4) == {"A": 3, "B": 0, "C": 2, "D": 0}
     assert mean([1.0, 0.0, 0.5]) == 0.5
     assert math.isnan(mean([]))
+
+
+def test_shortest_answer_picks_the_fewest_tokens_first_on_ties() -> None:
+    items = [item(0), item(2), item(1), item(1)]
+    lengths = [[1, 3, 2], [4, 4, 2], [2, 2, 5], [3, 1, 1]]
+    # picks: 0 (right), 2 (right), 0 on a tie (wrong), 1 on a tie (right)
+    assert shortest_answer(lengths, items) == {"accuracy": 0.75}

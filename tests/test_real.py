@@ -70,6 +70,8 @@ def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
     assert report["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert report["n_test"] == 16 and len(report["per_item"]["ids"]) == 16
     assert {"constant_letter", "random_direction", "icl", "icl_steering"} <= set(report["controls"])
+    assert ("shortest_answer" in report["controls"]) == (report["scoring"] == "likelihood")
+    assert "steered_minus_random" in report["controls"]["random_direction"]
     assert {"sweep", "val_unsteered_pass"} <= set(report["timings"])
     assert {(row["layer"], row["strength"]) for row in report["sweep"]} == {(9, 2.0), (9, 8.0), (12, 2.0), (12, 8.0)}
     assert set(report["methods"]) == {"ipas-wo", "caa"}

@@ -219,3 +219,16 @@ def test_non_json_report_is_rejected_before_writing(tmp_path: Path) -> None:
     with pytest.raises(report_mod.ConfigError, match="JSON"):
         write_report(report, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_verdict_says_when_a_random_direction_did_as_well() -> None:
+    report = make_report()
+    report["controls"]["random_direction"]["steered_minus_random"] = {"delta": 0.01, "delta_ci95": [-0.05, 0.07]}
+    table = result_table(report)
+    assert ("steering raised test accuracy, but no more than a random direction of the same norm did "
+            "(steered - random +0.010 [-0.050, +0.070]): the gain is not specific to this direction") in table
+    report["controls"]["random_direction"]["steered_minus_random"] = {"delta": 0.08, "delta_ci95": [0.02, 0.14]}
+    assert ("steering raised test accuracy, and more than a random direction of the same norm did "
+            "(steered - random +0.080 [+0.020, +0.140])") in render_markdown(report)
+    report["controls"]["shortest_answer"] = {"accuracy": 0.59}
+    assert "always the shortest answer     0.590" in result_table(report)
