@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}-field", help=f"field holding the {name} in --data (default: {name})")
     p.add_argument("--split", help="split of an hf: dataset")
     p.add_argument("--config", help="configuration of an hf: dataset")
-    p.add_argument("--method", default="all", help="pas-full, ipas-all, ipas-wo, caa, a comma list, or all")
+    p.add_argument("--method", default="ipas-wo",
+                   help="pas-full, ipas-all, ipas-wo (default), caa, a comma list, or all (one report comparing them)")
     p.add_argument("--layers", type=_ints, help="layers to sweep (default: 10 spread over 25-80%% of depth)")
     p.add_argument("--strengths", type=_floats, help="strengths to sweep (default 0.5,1,2,4,8,16)")
     p.add_argument("--n-train", type=int, default=96)

@@ -69,7 +69,7 @@ DEFAULT_STRENGTHS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "caa/survival-instinct"
-    methods: tuple[str, ...] = PAS_METHODS
+    methods: tuple[str, ...] = ("ipas-wo",)  # the paper's strongest; PAS_METHODS compares all four
     layers: tuple[int, ...] | None = None
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
     n_train: int = 96
