@@ -120,6 +120,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--alphas", type=_float_list, help="alpha grid (default 0.5,1,1.5,2,3,4,6)")
     p.add_argument("--refine", type=int, default=2, help="bisection steps at the coherence edge")
+    p.add_argument(
+        "--extend", type=int, default=4, help="doublings of alpha past the grid while still coherent"
+    )
     p.add_argument("--coherence-target", type=float, default=0.8)
     p.add_argument("--ppl-max", type=float, default=10.0)
     p.add_argument("--rep-max", type=float, default=0.3)
@@ -233,6 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         alphas=tuple(args.alphas or DEFAULT_ALPHAS),
         refine=args.refine,
+        extend=args.extend,
         coherence_target=args.coherence_target,
         ppl_max=args.ppl_max,
         rep_max=args.rep_max,

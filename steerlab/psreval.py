@@ -52,6 +52,7 @@ class EvalSettings:
 
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     refine: int = 2
+    extend: int = 4  # doublings past the grid while the largest alpha is still coherent
     coherence_target: float = 0.8
     ppl_max: float = 10.0
     rep_max: float = 0.3
@@ -139,13 +140,15 @@ def search_alpha(
 ) -> tuple[list[Point], Point | None]:
     """The score-vs-alpha curve and the chosen point (None when no alpha meets the coherence target).
 
-    After the grid, ``settings.refine`` bisection steps narrow the gap between the largest alpha that meets
-    the target and the next grid alpha that does not.
+    While the largest alpha tried still meets the target, it is doubled (at most ``settings.extend`` times):
+    a method must be compared where it starts to cost coherence, not where the grid happened to end. Then
+    ``settings.refine`` bisection steps narrow the gap between the largest alpha that meets the target and the
+    next one that does not.
     """
     if not settings.alphas:
         raise ConfigError("the alpha grid is empty")
     target = settings.coherence_target
-    total = len(settings.alphas) + settings.refine
+    total = len(settings.alphas) + settings.extend + settings.refine
     points: dict[float, Point] = {}
 
     def run(alpha: float) -> Point:
@@ -157,6 +160,11 @@ def search_alpha(
 
     for alpha in sorted(settings.alphas):
         run(alpha)
+    for _ in range(settings.extend):
+        top = max(points)
+        if points[top].coherence < target:
+            break
+        run(2 * top)
     passing = [a for a, p in points.items() if p.coherence >= target]
     if passing:
         low = max(passing)

@@ -262,6 +262,7 @@ def test_evaluation_report_and_coefficient_view(tmp_path: Path, shared_cache: Pa
     settings = EvalSettings(
         alphas=(4.0, 1.0),
         refine=1,
+        extend=2,
         coherence_target=0.5,
         ppl_max=1e9,
         rep_max=1.0,
@@ -270,9 +271,9 @@ def test_evaluation_report_and_coefficient_view(tmp_path: Path, shared_cache: Pa
     )
     report = evaluate(model, tok, instruction, PROMPTS[:4], {"s-psr": psr}, settings)
     curve = report["methods"]["s-psr"]["curve"]
-    # Everything is coherent under these thresholds, so there is no edge to refine: just the grid, sorted.
-    assert [p["alpha"] for p in curve] == [1.0, 4.0]
-    assert report["methods"]["s-psr"]["chosen"]["alpha"] in (1.0, 4.0)
+    # Everything is coherent under these thresholds: the grid, then two doublings, and no edge to refine.
+    assert [p["alpha"] for p in curve] == [1.0, 4.0, 8.0, 16.0]
+    assert report["methods"]["s-psr"]["chosen"]["alpha"] in (1.0, 4.0, 8.0, 16.0)
     assert report["baselines"]["prompting"]["alpha"] is None
     paths = write_report(report, tmp_path / "report")
     assert [p.name for p in paths] == ["report.json", "report.md", "score_vs_alpha.png"]
