@@ -15,48 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from steerlab.cli import Bars, _floats, _ints
 from steerlab.errors import ConfigError, SteerlabError
 
 _DEFAULT_CACHE = Path.home() / ".cache" / "steerlab" / "psr"
-
-
-class _Bars:
-    """A tqdm bar per phase, drawn on stderr: the library's ``Progress`` callback."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-        self._what = ""
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if self._bar is None or what != self._what or total != self._bar.total:
-            self.close()
-            self._bar = tqdm(total=total, desc=what, leave=False, dynamic_ncols=True, file=sys.stderr)
-            self._what = what
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -96,7 +58,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--objective", choices=("mse", "likelihood"), default="mse")
     p.add_argument(
         "--layers",
-        type=_int_list,
+        type=_ints,
         help="layers to steer (default: 40%% depth for s-psr/constant, every depth/10-th for a-psr)",
     )
     p.add_argument("--epochs", type=int)
@@ -118,7 +80,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="a PSR or vector file; repeat to compare several (named NAME=PATH or by their kind)",
     )
-    p.add_argument("--alphas", type=_float_list, help="alpha grid (default 0.5,1,1.5,2,3,4,6)")
+    p.add_argument("--alphas", type=_floats, help="alpha grid (default 0.5,1,1.5,2,3,4,6)")
     p.add_argument("--refine", type=int, default=2, help="bisection steps at the coherence edge")
     p.add_argument(
         "--extend", type=int, default=4, help="doublings of alpha past the grid while still coherent"
@@ -164,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     instruction, model, tok, train, _ = _setup(args, judged=False)
     layers = args.layers or default_layers(model, args.kind)
-    bars = _Bars(not args.quiet)
+    bars = Bars(not args.quiet)
     start = time.perf_counter()
     data = build_activation_data(
         model,
@@ -243,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )
-    bars = _Bars(not args.quiet)
+    bars = Bars(not args.quiet)
     report = evaluate(model, tok, instruction, held_out, methods, settings, bars)
     bars.close()
     written = write_report(report, args.out)
