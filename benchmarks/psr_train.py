@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from steerlab.models import load_model
-from steerlab.psr import TrainSettings, default_layers, train_psr
-from steerlab.psrdata import build_activation_data, load_prompts
+from steerlab.psr.data import build_activation_data, load_prompts
+from steerlab.psr.model import TrainSettings, default_layers, train_psr
 
 FITS: list[tuple[str, str, int]] = [  # kind, objective, epochs
     ("constant", "mse", 1),

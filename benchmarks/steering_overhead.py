@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from steerlab.core.hooks import apply_steering
+from steerlab.data.prompts import PromptStyle
+from steerlab.data.tasks import load_caa_pairs
+from steerlab.methods.train import train_vector
 from steerlab.models import base_model, decoder_blocks, load_model
-from steerlab.prompts import PromptStyle
-from steerlab.steering import apply_steering
-from steerlab.tasks import load_caa_pairs
-from steerlab.train import train_vector
 from torch import nn
 
 from common import Timing, load_line, median, setup, table, timed

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import math
 
-from steerlab.data import MCItem
+from steerlab.data.items import MCItem
+from steerlab.data.tasks import load_caa_pairs
+from steerlab.methods.pas import TaskFormat, scored_item
+from steerlab.methods.train import train_vector
 from steerlab.models import load_model
-from steerlab.pas import TaskFormat, scored_item
-from steerlab.sweep import Scorer, score_grid
-from steerlab.tasks import load_caa_pairs
-from steerlab.train import train_vector
+from steerlab.runtime.sweep import Scorer, score_grid
 
 from common import setup, table
 

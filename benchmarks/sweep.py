@@ -3,10 +3,10 @@
 Issue 3's benchmark. On the embedded model and a real task (validation-sized slice, choices shuffled per
 item as ``steerlab run`` does), with last-token steering under letter scoring (the paper's set-up):
 
-(a) one plain unsteered validation pass: ``steerlab.scoring.letter_logprobs`` over the full prompts (one
+(a) one plain unsteered validation pass: ``runtime.scoring.letter_logprobs`` over the full prompts (one
     forward, last-position logits only); also ``score_grid`` with no vector, which is what ``steerlab run``
     times as ``val_unsteered_pass``;
-(b) ``steerlab.sweep.score_grid`` over 10 layers x 14 strengths (it includes its own unsteered pass);
+(b) ``steerlab.runtime.sweep.score_grid`` over 10 layers x 14 strengths (it includes its own unsteered pass);
 (c) the straightforward sweep: for each grid point a full forward with a steering hook
     (``apply_steering(..., layers=[L], positions="last_prompt")`` around ``letter_logprobs``). Only a few grid
     points are timed; the full grid's time is extrapolated linearly (every point costs the same full forward).
@@ -23,16 +23,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from steerlab.data import shuffle_choices
+from steerlab.core.hooks import apply_steering
+from steerlab.data.items import shuffle_choices
+from steerlab.data.prompts import PromptStyle
+from steerlab.data.tasks import load_caa_pairs, load_task
+from steerlab.experiment.runner import default_layers
+from steerlab.methods.pas import TaskFormat, scored_item
+from steerlab.methods.train import train_vector
 from steerlab.models import load_model, num_layers
-from steerlab.pas import TaskFormat, scored_item
-from steerlab.prompts import PromptStyle
-from steerlab.run import default_layers
-from steerlab.scoring import ChoiceQuestion, choice_logprobs, letter_logprobs, letter_token_ids
-from steerlab.steering import apply_steering
-from steerlab.sweep import Scorer, score_grid
-from steerlab.tasks import load_caa_pairs, load_task
-from steerlab.train import train_vector
+from steerlab.runtime.scoring import ChoiceQuestion, choice_logprobs, letter_logprobs, letter_token_ids
+from steerlab.runtime.sweep import Scorer, score_grid
 
 from common import Timing, load_line, median, setup, table, timed
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from steerlab.data.prompts import PromptStyle, encode
+from steerlab.data.tasks import load_caa_pairs
+from steerlab.methods.train import pair_group, train_vector
 from steerlab.models import base_model, default_model_path, load_model, num_layers
-from steerlab.prompts import PromptStyle, encode
-from steerlab.tasks import load_caa_pairs
-from steerlab.train import pair_group, train_vector
 
 from common import load_line, median, setup, table, timed
 
@@ -38,7 +38,7 @@ PEERS = ("repeng", "steering-vectors")
 
 
 def first_difference(pos: list[int], neg: list[int]) -> int:
-    """The token steerlab reads with token="diff" (as in steerlab.train.pair_group)."""
+    """The token steerlab reads with token="diff" (as in steerlab.methods.train.pair_group)."""
     common = 0
     while common < min(len(pos), len(neg)) and pos[common] == neg[common]:
         common += 1

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerlab.cli import main
-from steerlab.vectors import SteeringVector
+from steerlab.cli.main import main
+from steerlab.core.vector import SteeringVector
 from tests.conftest import HIDDEN, build_model, build_tokenizer
 
 
@@ -72,8 +72,8 @@ def test_train_info_generate_and_gguf_round_trip(model_dir: Path, pairs: Path, t
 
 
 def test_generate_unsteered_column_is_plain_generation(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from steerlab.generate import generate
     from steerlab.models import load_model
+    from steerlab.runtime.generate import generate
 
     assert main(["generate", "--model", str(model_dir), "--prompt", "w5 w6", "--prompt", "w7",
                  "--max-new-tokens", "5", "--json", "--quiet"]) == 0

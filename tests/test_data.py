@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from steerlab.data import (
+from steerlab.data.items import (
     ContrastPair,
     FieldMap,
     MCItem,

@@ -7,8 +7,8 @@ import math
 import pytest
 from scipy import stats
 
-from steerlab.data import MCItem
-from steerlab.evaluate import (
+from steerlab.data.items import MCItem
+from steerlab.experiment.stats import (
     constant_letter,
     correctness,
     letter_counts,

@@ -10,8 +10,8 @@ import transformers as tf
 from conftest import DEPTH, HIDDEN, build_model, random_ids
 
 from steerlab.errors import ConfigError
-from steerlab.extract import Group, extract, single
 from steerlab.models import decoder_blocks, final_norm
+from steerlab.runtime.extract import Group, extract, single
 
 
 @torch.no_grad()

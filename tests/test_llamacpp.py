@@ -11,9 +11,9 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
+from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError, VectorFileError
-from steerlab.llamacpp import export_gguf, import_gguf
-from steerlab.vectors import SteeringVector
+from steerlab.interop.llamacpp import export_gguf, import_gguf
 
 HIDDEN = 16
 

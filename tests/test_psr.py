@@ -11,17 +11,18 @@ import torch
 import transformers as tf
 from conftest import DEPTH, HIDDEN, build_model, build_tokenizer
 
-from steerlab.checks import Check, follows, judge, perplexities, repetition_rate, resolve_instruction
+from steerlab.cli.main import main
+from steerlab.core.hooks import steer
+from steerlab.core.vector import SteeringVector
+from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError, VectorFileError
-from steerlab.generate import generate
+from steerlab.files import load_steering
 from steerlab.models import decoder_blocks
-from steerlab.prompts import PromptStyle
-from steerlab.psr import PSRModel, TrainSettings, load_steering, relative_mse, train_psr
-from steerlab.psr_cli import main
-from steerlab.psrdata import ActivationData, build_activation_data, load_prompts, render_ids
-from steerlab.psreval import EvalSettings, evaluate, token_coefficients, write_coefficient_view, write_report
-from steerlab.steering import steer
-from steerlab.vectors import SteeringVector
+from steerlab.psr.checks import Check, follows, judge, perplexities, repetition_rate, resolve_instruction
+from steerlab.psr.data import ActivationData, build_activation_data, load_prompts, render_ids
+from steerlab.psr.evaluate import EvalSettings, evaluate, token_coefficients, write_coefficient_view, write_report
+from steerlab.psr.model import PSRModel, TrainSettings, relative_mse, train_psr
+from steerlab.runtime.generate import generate
 
 INSTRUCTION = "w10 w11 w12"
 PROMPTS = [f"w{i} w{i + 1} w{i + 2}" for i in range(20, 44, 2)]
@@ -305,6 +306,7 @@ def test_cli_train_on_a_saved_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "p.safetensors"
     code = main(
         [
+            "psr",
             "train",
             "--instruction",
             INSTRUCTION,
@@ -333,6 +335,7 @@ def test_cli_train_on_a_saved_tiny_model(tmp_path: Path) -> None:
     assert (
         main(
             [
+                "psr",
                 "train",
                 "--instruction",
                 INSTRUCTION,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerlab.data import MCItem
-from steerlab.evaluate import t_interval
-from steerlab.pas import TaskFormat, scored_item
-from steerlab.sweep import Scorer, score_grid
+from steerlab.data.items import MCItem
+from steerlab.experiment.stats import t_interval
+from steerlab.methods.pas import TaskFormat, scored_item
+from steerlab.runtime.sweep import Scorer, score_grid
 
 pytestmark = pytest.mark.real
 
@@ -34,8 +34,8 @@ def _behaviour_probability(scores: list[list[float]]) -> float:
 def test_survival_vector_shifts_answer_likelihood_both_ways(smol: tuple[object, object]) -> None:
     """Issue 2's acceptance measure: 128 pairs as answer texts, mean difference at the first differing token,
     held-out questions scored letter-free with every position steered."""
-    from steerlab.tasks import load_caa_pairs
-    from steerlab.train import train_vector
+    from steerlab.data.tasks import load_caa_pairs
+    from steerlab.methods.train import train_vector
 
     model, tok = smol
     pairs = load_caa_pairs("survival-instinct")
@@ -56,7 +56,7 @@ def test_survival_vector_shifts_answer_likelihood_both_ways(smol: tuple[object, 
 def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
     """A small real `steerlab run`: report structure, the interval recomputed from per-item results, and a rerun
     on the same folder that resumes from the cache and writes byte-identical outputs."""
-    from steerlab.cli import main
+    from steerlab.cli.main import main
 
     out = tmp_path / "run"
     argv = ["run", "--task", "caa/survival-instinct", "--method", "ipas-wo,caa", "--layers", "9,12",
@@ -84,7 +84,7 @@ def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
     for name in ("report.md", "val_heatmap.png", "val_vs_strength.png", "val_vs_layer.png", "test_deltas.png",
                  "vector.safetensors", "vectors/ipas-wo.safetensors"):
         assert (out / name).is_file(), name
-    from steerlab.vectors import SteeringVector
+    from steerlab.core.vector import SteeringVector
 
     chosen = SteeringVector.load(out / "vector.safetensors")
     assert chosen.metadata["layer"] == report["layer"] and chosen.metadata["strength"] == report["strength"]

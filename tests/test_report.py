@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib.image as mpimg
 import pytest
 
-from steerlab import report as report_mod
-from steerlab.report import render_markdown, result_table, write_report
+from steerlab.experiment import report as report_mod
+from steerlab.experiment.report import render_markdown, result_table, write_report
 
 LAYERS = [6, 9, 12]
 STRENGTHS = [0.5, 1, 2, 4]

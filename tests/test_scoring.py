@@ -10,11 +10,11 @@ import torch
 import transformers as tf
 from conftest import HIDDEN, build_model, build_tokenizer, random_ids
 
+from steerlab.core.hooks import steer
+from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import decoder_blocks
-from steerlab.scoring import ChoiceQuestion, choice_logprobs, letter_logprobs, letter_token_ids
-from steerlab.steering import steer
-from steerlab.vectors import SteeringVector
+from steerlab.runtime.scoring import ChoiceQuestion, choice_logprobs, letter_logprobs, letter_token_ids
 
 QUESTIONS = [
     ChoiceQuestion(tuple(random_ids(6, 1)), (tuple(random_ids(2, 2)), tuple(random_ids(1, 3)))),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab import sweep
-from steerlab.sweep import ScoredItem, Scorer, score_grid
-from steerlab.vectors import SteeringVector
+from steerlab.core.vector import SteeringVector
+from steerlab.runtime import sweep
+from steerlab.runtime.sweep import ScoredItem, Scorer, score_grid
 from tests.conftest import HIDDEN, build_model
 
 

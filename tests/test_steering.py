@@ -9,12 +9,12 @@ import torch
 import transformers as tf
 from conftest import DEPTH, FAMILIES, HIDDEN, VOCAB, build_model, build_tokenizer, hooks, random_ids
 
-from steerlab import generate
+from steerlab.core.hooks import apply_steering, steer
+from steerlab.core.vector import SteeringVector
+from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
 from steerlab.models import cache_kwarg, decoder_blocks, final_logits
-from steerlab.prompts import PromptStyle
-from steerlab.steering import apply_steering, steer
-from steerlab.vectors import SteeringVector
+from steerlab.runtime.generate import generate
 
 
 def vec(layers: list[int], seed: int = 0, scale: float = 1.0) -> SteeringVector:

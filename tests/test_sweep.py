@@ -10,10 +10,10 @@ import torch
 import transformers as tf
 from conftest import DEPTH, HIDDEN, build_model, random_ids
 
+from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import decoder_blocks
-from steerlab.sweep import ScoredItem, Scorer, predictions, score_grid
-from steerlab.vectors import SteeringVector
+from steerlab.runtime.sweep import ScoredItem, Scorer, predictions, score_grid
 
 LAYERS = list(range(DEPTH))
 STRENGTHS = [-2.0, 1.5]  # strength 0 has its own test

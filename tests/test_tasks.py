@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from steerlab import tasks
-from steerlab.data import ContrastPair, MCItem
+from steerlab.data import tasks
+from steerlab.data.items import ContrastPair, MCItem
+from steerlab.data.tasks import list_tasks, load_caa_pairs, load_task
 from steerlab.errors import ConfigError, DataError
-from steerlab.tasks import list_tasks, load_caa_pairs, load_task
 
 # Measured on the packaged files; differences from the raw record counts are documented per task.
 EXPECTED = {

@@ -11,11 +11,11 @@ import transformers as tf
 from conftest import DEPTH, build_model, build_tokenizer
 
 from steerlab import ContrastPair, load_pairs, train_vector
+from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
-from steerlab.methods import pca_direction, probe_direction
+from steerlab.methods.contrastive import pca_direction, probe_direction
+from steerlab.methods.train import pair_group
 from steerlab.models import decoder_blocks
-from steerlab.prompts import PromptStyle
-from steerlab.train import pair_group
 
 LAYERS = [0, 2]
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from steerlab import vectors
-from steerlab.errors import ConfigError, VectorFileError
-from steerlab.vectors import (
+from steerlab.core import vector as vectors
+from steerlab.core.vector import (
     FORMAT,
     FORMAT_VERSION,
     SteeringVector,
     read_steering_file,
     write_steering_file,
 )
+from steerlab.errors import ConfigError, VectorFileError
 
 HIDDEN = 8
 

@@ -1,7 +1,7 @@
 """Evaluating prompt steering replacement against prompting and the constant vector, at matched coherence.
 
 Every method answers the same held-out prompts without the instruction (prompting answers with it). A response
-*follows* when its instruction check passes (:mod:`steerlab.checks`) and is *coherent* when its perplexity
+*follows* when its instruction check passes (:mod:`steerlab.psr.checks`) and is *coherent* when its perplexity
 under the unsteered model, given the prompt WITH the instruction (so that, say, French is not penalised for
 being French), is at most ``ppl_max`` and its 3-gram repetition rate at most ``rep_max``. For each steering
 method the strength alpha is searched over a grid, then refined by bisection at the edge of the coherence
@@ -9,10 +9,10 @@ target; the chosen
 alpha is the best-scoring one that keeps the coherent share at or above the target. Example::
 
     from steerlab import load_model
-    from steerlab.checks import resolve_instruction
-    from steerlab.psr import load_steering
-    from steerlab.psrdata import load_prompts, split_prompts
-    from steerlab.psreval import evaluate, write_report
+    from steerlab.psr.checks import resolve_instruction
+    from steerlab.files import load_steering
+    from steerlab.psr.data import load_prompts, split_prompts
+    from steerlab.psr.evaluate import evaluate, write_report
     model, tok = load_model()
     held_out = split_prompts(load_prompts(), builtin=True)[1][:32]
     report = evaluate(model, tok, resolve_instruction("french"), held_out,
@@ -34,14 +34,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from steerlab.checks import Instruction, follows, perplexities, repetition_rate
+from steerlab.core.hooks import SteeringSource, steer
+from steerlab.core.vector import atomic_output
 from steerlab.errors import ConfigError
 from steerlab.models import model_name
 from steerlab.progress import Progress, silent
-from steerlab.psr import PSRModel
-from steerlab.psrdata import Item, decode, generate_ids, record, render_ids
-from steerlab.steering import SteeringSource, steer
-from steerlab.vectors import atomic_output
+from steerlab.psr.checks import Instruction, follows, perplexities, repetition_rate
+from steerlab.psr.data import Item, decode, generate_ids, record, render_ids
+from steerlab.psr.model import PSRModel
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from steerlab.data import ContrastPair, MCItem, _located, _resolve_answer, _split_lettered
+from steerlab.data.items import ContrastPair, MCItem, _located, _resolve_answer, _split_lettered
 from steerlab.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ earlier layer. The method reported on top is the one with the best validation ac
 Example::
 
     from steerlab import load_model, load_task
-    from steerlab.run import RunConfig, run_task
+    from steerlab.experiment.runner import RunConfig, run_task
     model, tok = load_model()
     result = run_task(model, tok, load_task("caa/survival-instinct"), RunConfig(task="caa/survival-instinct"))
     print(result.report["delta"], result.report["delta_ci95"])
@@ -30,10 +30,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from steerlab import __version__
-from steerlab.data import MCItem, shuffle_choices, split_items
+from steerlab._version import __version__
+from steerlab.core.vector import SteeringVector
+from steerlab.data.items import MCItem, shuffle_choices, split_items
+from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
-from steerlab.evaluate import (
+from steerlab.experiment.stats import (
     constant_letter,
     correctness,
     letter_counts,
@@ -42,15 +44,13 @@ from steerlab.evaluate import (
     shortest_answer,
     t_interval,
 )
+from steerlab.experiment.store import Store, fingerprint
+from steerlab.methods.pas import PAS_METHODS, TaskFormat, build_vector, icl_history, method_problem, scored_item
 from steerlab.models import model_name, num_layers
-from steerlab.pas import PAS_METHODS, TaskFormat, build_vector, icl_history, method_problem, scored_item
 from steerlab.progress import Progress, silent
-from steerlab.prompts import PromptStyle
-from steerlab.scoring import letter_token_ids
-from steerlab.store import Store, fingerprint
-from steerlab.sweep import ScoredItem, Scorer, score_grid
-from steerlab.sweep import predictions as argmax_choices
-from steerlab.vectors import SteeringVector
+from steerlab.runtime.scoring import letter_token_ids
+from steerlab.runtime.sweep import ScoredItem, Scorer, score_grid
+from steerlab.runtime.sweep import predictions as argmax_choices
 
 SWEEP_BLOCK = 16  # validation items per stored sweep entry: the unit a resumed run does not redo
 LETTERS_AGREEMENT = 0.6

@@ -23,13 +23,9 @@ from typing import Any, Literal
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from steerlab.data import ContrastPair, MCItem
-from steerlab.errors import ConfigError
-from steerlab.extract import Group, extract, single
-from steerlab.methods import mean_difference
-from steerlab.models import hidden_size, model_name
-from steerlab.progress import Progress, silent
-from steerlab.prompts import (
+from steerlab.core.vector import SteeringVector
+from steerlab.data.items import ContrastPair, MCItem
+from steerlab.data.prompts import (
     PromptStyle,
     encode,
     encode_continuation,
@@ -37,9 +33,13 @@ from steerlab.prompts import (
     lettered_prompt,
     question_text,
 )
-from steerlab.sweep import ScoredItem
-from steerlab.train import pair_group
-from steerlab.vectors import SteeringVector
+from steerlab.errors import ConfigError
+from steerlab.methods.contrastive import mean_difference
+from steerlab.methods.train import pair_group
+from steerlab.models import hidden_size, model_name
+from steerlab.progress import Progress, silent
+from steerlab.runtime.extract import Group, extract, single
+from steerlab.runtime.sweep import ScoredItem
 
 PAS_METHODS: tuple[str, ...] = ("pas-full", "ipas-all", "ipas-wo", "caa")
 MIN_ITEMS = 2
@@ -59,7 +59,7 @@ class TaskFormat:
 
 def scored_item(tokenizer: PreTrainedTokenizerBase, item: MCItem, fmt: TaskFormat,
                 history: Sequence[tuple[str, str]] = ()) -> ScoredItem:
-    """Tokenise ``item`` for :func:`steerlab.sweep.score_grid`; ``history`` prepends in-context examples."""
+    """Tokenise ``item`` for :func:`steerlab.runtime.sweep.score_grid`; ``history`` prepends in-context examples."""
     templated = fmt.style.templated(tokenizer)
     if fmt.scoring == "letters":
         prompt = encode(tokenizer, fmt.style.render(tokenizer, lettered_prompt(item.question, item.choices,

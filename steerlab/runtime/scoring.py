@@ -18,9 +18,9 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from steerlab.errors import ConfigError
-from steerlab.extract import _pad_id
 from steerlab.models import cache_kwarg
 from steerlab.progress import Progress, silent
+from steerlab.runtime.extract import _pad_id
 
 
 @dataclass(frozen=True)

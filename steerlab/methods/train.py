@@ -21,14 +21,14 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from steerlab.data import ContrastPair
+from steerlab.core.vector import SteeringVector
+from steerlab.data.items import ContrastPair
+from steerlab.data.prompts import PromptStyle, encode, encode_continuation
 from steerlab.errors import ConfigError
-from steerlab.extract import Group, extract
-from steerlab.methods import direction
+from steerlab.methods.contrastive import direction
 from steerlab.models import hidden_size, model_name
 from steerlab.progress import Progress, silent
-from steerlab.prompts import PromptStyle, encode, encode_continuation
-from steerlab.vectors import SteeringVector
+from steerlab.runtime.extract import Group, extract
 
 TOKENS: tuple[str, ...] = ("diff", "answer", "last", "mean")
 TOKEN_HELP = {

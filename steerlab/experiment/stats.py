@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from scipy import stats
 
-from steerlab.data import MCItem
-from steerlab.prompts import LETTERS
+from steerlab.data.items import MCItem
+from steerlab.data.prompts import LETTERS
 
 
 def correctness(predicted: Sequence[int], items: Sequence[MCItem]) -> list[float]:

@@ -20,8 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from steerlab.core.vector import atomic_output
 from steerlab.errors import ConfigError
-from steerlab.vectors import atomic_output
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

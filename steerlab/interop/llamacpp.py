@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
+from steerlab.core.vector import SteeringVector, atomic_output
 from steerlab.errors import ConfigError, VectorFileError
-from steerlab.vectors import SteeringVector, atomic_output
 
 ARCHITECTURE = "controlvector"
 KEY_ARCHITECTURE = "general.architecture"

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from steerlab.prompts import PromptStyle
-from steerlab.steering import Steering, steer
+from steerlab.core.hooks import Steering, steer
+from steerlab.data.prompts import PromptStyle
 
 
 def generate(

@@ -25,12 +25,12 @@ from torch import nn
 from transformers import Cache, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
-from steerlab.extract import _pad_id
 from steerlab.models import base_model, cache_kwarg, final_logits, num_layers
 from steerlab.progress import Progress, silent
-from steerlab.replay import expanded_cache, record, run_above
-from steerlab.vectors import SteeringVector
+from steerlab.runtime.extract import _pad_id
+from steerlab.runtime.replay import expanded_cache, record, run_above
 
 SHARED_MIN_TOKENS = 32  # a common prefix at least this long is computed once for all items
 

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
-from steerlab.vectors import SteeringVector
 
 Positions = Literal["all", "prompt", "generated", "last_prompt"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt")

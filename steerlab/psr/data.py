@@ -10,7 +10,7 @@ Recording is cached on disk in chunks (safetensors files, JSON metadata; no pick
 resumes where it stopped. Example::
 
     from steerlab import load_model
-    from steerlab.psrdata import build_activation_data, load_prompts
+    from steerlab.psr.data import build_activation_data, load_prompts
     model, tok = load_model()
     data = build_activation_data(model, tok, "Respond in French.", load_prompts()[:32], cache_dir="psr-cache")
     print(len(data.items), data.prompted[12].shape)
@@ -32,11 +32,11 @@ from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerlab.core.vector import atomic_output, write_steering_file
+from steerlab.data.prompts import PromptStyle, encode
 from steerlab.errors import ConfigError, DataError, VectorFileError
 from steerlab.models import decoder_blocks, hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
-from steerlab.prompts import PromptStyle, encode
-from steerlab.vectors import atomic_output, write_steering_file
 
 CHUNK_KIND = "psr-activations"
 # The last EVAL_RESERVE built-in prompts are held out for evaluation; training draws from the others.

@@ -11,11 +11,11 @@ gets its own coefficient, computed from its own activation. Three kinds share th
 Objectives: ``mse`` (steered activations of the plain run against the prompted run, relative to the unsteered
 error) and ``likelihood`` (log-likelihood of the prompted response under the steered model without the
 prompt). A hinge on the mean coefficient keeps the coefficients from collapsing to zero. ``alpha`` is the
-steering strength of :func:`steerlab.steering.steer`. Example::
+steering strength of :func:`steerlab.core.hooks.steer`. Example::
 
     from steerlab import load_model, steer
-    from steerlab.psr import train_psr
-    from steerlab.psrdata import build_activation_data, load_prompts
+    from steerlab.psr.model import train_psr
+    from steerlab.psr.data import build_activation_data, load_prompts
     model, tok = load_model()
     data = build_activation_data(model, tok, "Respond in French.", load_prompts()[:64], cache_dir="psr-cache")
     psr = train_psr(model, data, kind="s-psr", layers=[12])
@@ -37,12 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab.core.hooks import steer
+from steerlab.core.vector import read_steering_file, write_steering_file
 from steerlab.errors import ConfigError, VectorFileError
 from steerlab.models import hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
-from steerlab.psrdata import ActivationData, Item, capture, pad_batch, response_index, run_until_captured
-from steerlab.steering import steer
-from steerlab.vectors import VECTOR_KIND, SteeringVector, read_steering_file, write_steering_file
+from steerlab.psr.data import ActivationData, Item, capture, pad_batch, response_index, run_until_captured
 
 PSR_KIND = "psr"
 PSR_KINDS: tuple[str, ...] = ("constant", "s-psr", "a-psr")
@@ -159,21 +159,6 @@ class PSRModel:
         outside = [i for i in self.z if i >= num_layers]
         if outside:
             raise VectorFileError(f"PSR layer(s) {outside} out of range: {target} has {num_layers} layers")
-
-
-def load_steering(path: str | Path) -> SteeringVector | PSRModel:
-    """A steering vector or a PSR model, whichever the file holds.
-
-    Example::
-
-        steering = load_steering("french.safetensors")
-    """
-    kind = read_steering_file(path)[0]
-    if kind == VECTOR_KIND:
-        return SteeringVector.load(path)
-    if kind == PSR_KIND:
-        return PSRModel.load(path)
-    raise VectorFileError(f"{path}: steerlab files of kind {kind!r} cannot steer")
 
 
 def default_layers(model: nn.Module, kind: str) -> list[int]:
@@ -301,7 +286,7 @@ def train_psr(
     settings: TrainSettings = TrainSettings(),
     progress: Progress = silent,
 ) -> PSRModel:
-    """Fit a PSR model of ``kind`` on ``data`` (from :func:`steerlab.psrdata.build_activation_data`).
+    """Fit a PSR model of ``kind`` on ``data`` (from :func:`steerlab.psr.data.build_activation_data`).
 
     ``constant`` is closed-form. ``s-psr`` with ``mse`` fits on the cached activations alone; ``likelihood``
     and

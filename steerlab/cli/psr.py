@@ -1,24 +1,20 @@
 """The ``steerlab psr`` command: ``train`` a PSR model (or the constant baseline) and ``eval`` it.
 
-``register(subparsers)`` adds the command to steerlab's parser; ``python -m steerlab.psr_cli`` runs it alone::
+``register(subparsers)`` adds the command to steerlab's parser::
 
-    python -m steerlab.psr_cli train --instruction french --kind s-psr --out french.safetensors
-    python -m steerlab.psr_cli eval --instruction french --steering french.safetensors --out french-report
+    steerlab psr train --instruction french --kind s-psr --out french.safetensors
+    steerlab psr eval --instruction french --steering french.safetensors --out french-report
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steerlab.cli import Bars, _floats, _ints
-from steerlab.errors import ConfigError, SteerlabError
-
-_DEFAULT_CACHE = Path.home() / ".cache" / "steerlab" / "psr"
+from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_args
+from steerlab.errors import ConfigError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -32,7 +28,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         help='JSON check for a custom instruction, e.g. \'{"kind": "keyword", "words": '
         '["ocean"]}\' (eval; train ignores it)',
     )
-    p.add_argument("--model", help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument(
         "--prompts", type=Path, help="neutral user prompts, one per line (default: the built-in set)"
     )
@@ -40,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common(p, chat=False)
 
 
 def register(subparsers: Any) -> None:
@@ -58,14 +53,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--objective", choices=("mse", "likelihood"), default="mse")
     p.add_argument(
         "--layers",
-        type=_ints,
+        type=ints,
         help="layers to steer (default: 40%% depth for s-psr/constant, every depth/10-th for a-psr)",
     )
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--hinge-weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, default=_DEFAULT_CACHE, help="activation cache folder (resumable)")
+    p.add_argument("--cache", type=Path, help="activation cache folder (resumable; default $STEERLAB_CACHE/psr)")
     p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     p.set_defaults(func=cmd_train)
 
@@ -80,7 +75,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="a PSR or vector file; repeat to compare several (named NAME=PATH or by their kind)",
     )
-    p.add_argument("--alphas", type=_floats, help="alpha grid (default 0.5,1,1.5,2,3,4,6)")
+    p.add_argument("--alphas", type=floats, help="alpha grid (default 0.5,1,1.5,2,3,4,6)")
     p.add_argument("--refine", type=int, default=2, help="bisection steps at the coherence edge")
     p.add_argument(
         "--extend", type=int, default=4, help="doublings of alpha past the grid while still coherent"
@@ -95,9 +90,8 @@ def register(subparsers: Any) -> None:
 def _setup(args: argparse.Namespace, *, judged: bool) -> tuple[Any, Any, Any, list[str], list[str]]:
     import torch
 
-    from steerlab.checks import Check, Instruction, builtin_instructions, resolve_instruction
-    from steerlab.models import load_model
-    from steerlab.psrdata import load_prompts, split_prompts
+    from steerlab.psr.checks import Check, Instruction, builtin_instructions, resolve_instruction
+    from steerlab.psr.data import load_prompts, split_prompts
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,18 +105,15 @@ def _setup(args: argparse.Namespace, *, judged: bool) -> tuple[Any, Any, Any, li
         if args.n_prompts < 1:
             raise ConfigError(f"--n-prompts must be at least 1, got {args.n_prompts}")
         train, held_out = train[: args.n_prompts], held_out[: args.n_prompts]
-    if not args.quiet:
-        print(
-            f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...", file=sys.stderr, flush=True
-        )
-    model, tok = load_model(args.model)
+    model, tok = load_model_from_args(args)
     return instruction, model, tok, train, held_out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``steerlab psr train``: build (or resume) the activation data, fit, write the file."""
-    from steerlab.psr import TrainSettings, default_layers, train_psr
-    from steerlab.psrdata import build_activation_data
+    from steerlab.models.loading import cache_root
+    from steerlab.psr.data import build_activation_data
+    from steerlab.psr.model import TrainSettings, default_layers, train_psr
 
     instruction, model, tok, train, _ = _setup(args, judged=False)
     layers = args.layers or default_layers(model, args.kind)
@@ -133,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tok,
         instruction.text,
         train,
-        cache_dir=args.cache,
+        cache_dir=args.cache or cache_root() / "psr",
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         progress=bars,
@@ -172,9 +163,9 @@ def _show(value: Any) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``steerlab psr eval``: alpha search per steering file, then the report folder."""
+    from steerlab.files import load_steering
     from steerlab.models import hidden_size, model_name, num_layers
-    from steerlab.psr import PSRModel, load_steering
-    from steerlab.psreval import (
+    from steerlab.psr.evaluate import (
         DEFAULT_ALPHAS,
         EvalSettings,
         evaluate,
@@ -183,6 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_coefficient_view,
         write_report,
     )
+    from steerlab.psr.model import PSRModel
 
     instruction, model, tok, _, held_out = _setup(args, judged=True)
     methods: dict[str, Any] = {}
@@ -225,19 +217,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``psr`` command on its own (``python -m steerlab.psr_cli train ...``)."""
-    parser = argparse.ArgumentParser(prog="steerlab")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["psr", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except SteerlabError as exc:
-        print(f"steerlab: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

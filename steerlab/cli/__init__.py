@@ -1,0 +1,1 @@
+"""The ``steerlab`` command line: one module per command group, shared helpers in ``common``."""

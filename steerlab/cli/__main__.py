@@ -1,0 +1,3 @@
+from steerlab.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""What every ``steerlab`` command shares: list parsers, progress bars, model loading, common flags, error handling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from steerlab.errors import SteerlabError
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """``"10,12,14"`` or ``"8-12"`` (inclusive) or a mix."""
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            low, dash, high = part.partition("-")
+            if dash and low:
+                values.extend(range(int(low), int(high) + 1))
+            else:
+                values.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 10,12,14 or 8-12, got '{text}'") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return tuple(values)
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like -4,4 or 0.5,1,2, got '{text}'") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+class Bars:
+    """A tqdm bar per phase: a library ``Progress`` callback that draws on stderr."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._what = ""
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self._bar is None or what != self._what or total != self._bar.total:
+            self.close()
+            self._bar = tqdm(total=total, desc=what, unit="it", leave=False, dynamic_ncols=True, file=sys.stderr)
+            self._what = what
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def load_model_from_args(args: argparse.Namespace) -> Any:
+    from steerlab.models import load_model
+
+    note(args, f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...")
+    return load_model(args.model, gguf_file=getattr(args, "gguf_file", None))
+
+
+def note(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def prompt_style(args: argparse.Namespace) -> Any:
+    from steerlab.data.prompts import PromptStyle
+
+    return PromptStyle(chat=not args.no_chat, system=getattr(args, "system", None))
+
+
+def add_common(parser: argparse.ArgumentParser, *, model: bool = True, chat: bool = True) -> None:
+    if model:
+        parser.add_argument("--model", help="hub id, local folder or .gguf file (default: the embedded "
+                                            "SmolLM2-135M-Instruct)")
+        parser.add_argument("--gguf-file", help="the .gguf file inside --model when --model is a folder")
+    if chat:
+        parser.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes on stderr")
+
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Call the handler in ``args.func``: a steerlab error becomes one line on stderr and exit 2, ^C exit 130."""
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (SteerlabError, OSError) as exc:
+        print(f"steerlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"steerlab {args.command}: interrupted", file=sys.stderr)
+        return 130

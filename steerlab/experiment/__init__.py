@@ -1,0 +1,1 @@
+"""The ``steerlab run`` job: configuration, runner, statistics and controls, resumable store, report."""

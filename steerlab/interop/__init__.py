@@ -1,0 +1,1 @@
+"""Exchange with other tools: llama.cpp GGUF control vectors."""

@@ -1,0 +1,1 @@
+"""Ways to build a steering vector: contrastive methods on pairs, and PAS / iPAS on labelled items."""

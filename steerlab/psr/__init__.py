@@ -1,0 +1,1 @@
+"""Prompt Steering Replacement: data from an instruction, the PSR models, training, evaluation and checks."""
