@@ -1,6 +1,7 @@
 """Benchmark: training time of PSR models (constant, S-PSR, A-PSR; both objectives) on the embedded model.
 
-The activation data is built first (or read from the cache) and timed apart; every fit uses the same data.
+The activation data is built first (or read from the cache) and timed apart; every fit uses the same data,
+drawn from the training slice of the built-in prompts (split seed 0, as ``steerlab psr train`` draws it).
 Run::
 
     python benchmarks/psr_train.py --n-prompts 32 --threads 1 --out psr_train.json
@@ -18,7 +19,8 @@ from typing import Any
 
 import torch
 from steerlab.models import load_model
-from steerlab.psr.data import build_activation_data, load_prompts
+from steerlab.models.loading import cache_root
+from steerlab.psr.data import build_activation_data, load_prompts, split_prompts
 from steerlab.psr.model import TrainSettings, default_layers, train_psr
 
 FITS: list[tuple[str, str, int]] = [  # kind, objective, epochs
@@ -36,7 +38,7 @@ def main() -> int:
     parser.add_argument("--n-prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "steerlab" / "psr")
+    parser.add_argument("--cache", type=Path, default=cache_root() / "psr")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -46,7 +48,7 @@ def main() -> int:
         model,
         tok,
         args.instruction,
-        load_prompts()[: args.n_prompts],
+        split_prompts(load_prompts()).train[: args.n_prompts],
         cache_dir=args.cache,
         max_new_tokens=args.max_new_tokens,
     )

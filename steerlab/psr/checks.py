@@ -77,12 +77,13 @@ def builtin_instructions() -> dict[str, Instruction]:
     }
 
 
-def resolve_instruction(text: str, check: str | None = None) -> Instruction:
+def resolve_instruction(text: str, check: str | None = None, name: str | None = None) -> Instruction:
     """A built-in instruction (by name or exact text), or ``text`` with ``check`` as JSON ``{"kind": ...}``.
 
-    Example::
+    ``name`` labels the instruction in reports (default: the built-in's name, else ``custom``). Example::
 
         assert resolve_instruction("french").check.params["language"] == "fr"
+        assert resolve_instruction("Say hi.", '{"kind": "keyword", "words": ["hi"]}', "hi").name == "hi"
     """
     builtins = builtin_instructions()
     found = builtins.get(text) or next((i for i in builtins.values() if i.text == text), None)
@@ -92,7 +93,7 @@ def resolve_instruction(text: str, check: str | None = None) -> Instruction:
                 f"{text!r} is not a built-in instruction ({', '.join(builtins)}); "
                 'give its check as JSON, e.g. \'{"kind": "keyword", "words": ["ocean"]}\''
             )
-        return found
+        return found if name is None else Instruction(name, found.text, found.check)
     try:
         spec = json.loads(check)
     except json.JSONDecodeError as exc:
@@ -100,7 +101,8 @@ def resolve_instruction(text: str, check: str | None = None) -> Instruction:
     if not isinstance(spec, dict) or "kind" not in spec:
         raise DataError("must be a JSON object with a 'kind'", field="check")
     kind = spec.pop("kind")
-    return Instruction(found.name if found else "custom", found.text if found else text, Check(kind, spec))
+    label = name or (found.name if found else "custom")
+    return Instruction(label, found.text if found else text, Check(kind, spec))
 
 
 def _letters(text: str) -> list[str]:

@@ -39,14 +39,16 @@ from steerlab.models import decoder_blocks, hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
 
 CHUNK_KIND = "psr-activations"
-# The last EVAL_RESERVE built-in prompts are held out for evaluation; training draws from the others.
-EVAL_RESERVE = 60
+# Default slice sizes of split_prompts, as shares of the prompts (rounded, at least one prompt each).
+VALIDATION_SHARE = 0.2
+TEST_SHARE = 0.25
 
 
 def load_prompts(path: str | Path | None = None) -> list[str]:
     """Neutral user prompts, one per line (blank lines and lines starting with ``#`` skipped).
 
-    ``None`` reads the built-in set. Example::
+    ``None`` reads the built-in set. A prompt that occurs twice is an error: it could land in two slices of
+    :func:`split_prompts`. Example::
 
         prompts = load_prompts()
         assert len(prompts) >= 200
@@ -63,18 +65,89 @@ def load_prompts(path: str | Path | None = None) -> list[str]:
         except UnicodeDecodeError as exc:
             raise DataError(f"not UTF-8 text: {exc}", path=p) from None
         source = str(p)
-    prompts = [line.strip() for line in text.splitlines()]
-    prompts = [line for line in prompts if line and not line.startswith("#")]
-    if not prompts:
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line in first_line:
+            raise DataError(f"the prompt {line!r} repeats line {first_line[line]}", path=source, line=number)
+        first_line[line] = number
+    if not first_line:
         raise DataError("holds no prompts", path=source)
-    return prompts
+    return list(first_line)
 
 
-def split_prompts(prompts: Sequence[str], *, builtin: bool) -> tuple[list[str], list[str]]:
-    """``(train, held_out)``: the built-in set keeps its last EVAL_RESERVE prompts for evaluation only."""
-    if not builtin:
-        return list(prompts), list(prompts)
-    return list(prompts[:-EVAL_RESERVE]), list(prompts[-EVAL_RESERVE:])
+def prompt_digest(prompt: str) -> str:
+    """A short sha256 of a prompt: PSR files list the prompts they were trained on this way."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """Disjoint training, validation and test prompts, and how they were drawn (see :func:`split_prompts`)."""
+
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+    seed: int
+    source: str
+
+    def summary(self) -> dict[str, Any]:
+        """Where the prompts came from, the seed and the size of each slice (for reports)."""
+        return {
+            "source": self.source,
+            "seed": self.seed,
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+        }
+
+
+def split_prompts(
+    prompts: Sequence[str],
+    *,
+    seed: int = 0,
+    validation: int | None = None,
+    test: int | None = None,
+    source: str | Path = "the prompts",
+) -> PromptSplit:
+    """Split prompts into training, validation (where alpha is chosen) and test (what is reported) slices.
+
+    The prompts are ordered by ``sha256(seed, prompt)``, so the split depends only on the set of prompts and
+    the seed, not on their order in the file. ``test`` takes the first prompts of that order, ``validation``
+    the next ones, training the rest (in that order). Default sizes: ``TEST_SHARE`` and ``VALIDATION_SHARE``
+    of the prompts, rounded, at least one each. With the same prompts and seed, a split with a smaller
+    validation + test holds out a subset of what a larger one holds out: an evaluation on fewer prompts than
+    training assumed never uses a training prompt (and :func:`steerlab.psr.evaluate.evaluate` refuses steering
+    trained on any prompt it evaluates on). ``source`` names the prompts in errors and reports. Example::
+
+        split = split_prompts(load_prompts(), seed=0)
+        assert not set(split.train) & set(split.validation + split.test)
+    """
+    if len(set(prompts)) != len(prompts):
+        repeated = next(p for i, p in enumerate(prompts) if p in prompts[:i])
+        raise DataError(f"the prompt {repeated!r} occurs more than once", path=source)
+    n = len(prompts)
+    n_val = max(1, round(VALIDATION_SHARE * n)) if validation is None else validation
+    n_test = max(1, round(TEST_SHARE * n)) if test is None else test
+    for name, size in (("validation", n_val), ("test", n_test)):
+        if size < 1:
+            raise ConfigError(f"the {name} slice needs at least 1 prompt, got {name}={size}")
+    if n_val + n_test + 1 > n:
+        raise DataError(
+            f"{n} prompt(s) are too few to split into {n_val} validation, {n_test} test and at least 1 "
+            f"training prompt: give at least {n_val + n_test + 1} prompts or smaller slices",
+            path=source,
+        )
+    order = sorted(prompts, key=lambda p: hashlib.sha256(f"{seed}\x00{p}".encode()).digest())
+    return PromptSplit(
+        train=order[n_test + n_val :],
+        validation=order[n_test : n_test + n_val],
+        test=order[:n_test],
+        seed=seed,
+        source=str(source),
+    )
 
 
 @dataclass(frozen=True)

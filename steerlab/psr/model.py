@@ -10,8 +10,8 @@ gets its own coefficient, computed from its own activation. Three kinds share th
 
 Objectives: ``mse`` (steered activations of the plain run against the prompted run, relative to the unsteered
 error) and ``likelihood`` (log-likelihood of the prompted response under the steered model without the
-prompt). A hinge on the mean coefficient keeps the coefficients from collapsing to zero. ``alpha`` is the
-steering strength of :func:`steerlab.core.hooks.steer`. Example::
+prompt). A hinge on each layer's mean coefficient (:func:`hinge`) keeps the coefficients from collapsing to
+zero. ``alpha`` is the steering strength of :func:`steerlab.core.hooks.steer`. Example::
 
     from steerlab import load_model, steer
     from steerlab.psr.model import train_psr
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +42,15 @@ from steerlab.core.vector import read_steering_file, write_steering_file
 from steerlab.errors import ConfigError, VectorFileError
 from steerlab.models import hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
-from steerlab.psr.data import ActivationData, Item, capture, pad_batch, response_index, run_until_captured
+from steerlab.psr.data import (
+    ActivationData,
+    Item,
+    capture,
+    pad_batch,
+    prompt_digest,
+    response_index,
+    run_until_captured,
+)
 
 PSR_KIND = "psr"
 PSR_KINDS: tuple[str, ...] = ("constant", "s-psr", "a-psr")
@@ -259,9 +267,17 @@ def _optimizer(net: _Trainable, data: ActivationData, lr: float) -> torch.optim.
     return torch.optim.Adam(groups)
 
 
-def _hinge(net: _Trainable, coefficients: dict[int, torch.Tensor], settings: TrainSettings) -> torch.Tensor:
-    terms = [torch.relu(settings.hinge_margin - c.mean()) for c in coefficients.values()]
-    return settings.hinge_weight * torch.stack(terms).sum()
+def hinge(coefficients: Mapping[int, torch.Tensor], margin: float, weight: float) -> torch.Tensor:
+    """``weight * sum over layers of relu(margin - mean coefficient)``, each mean over the batch's response
+    tokens: a floor under every layer's average coefficient, so that training cannot switch the ReLUs off.
+
+    Example::
+
+        c = {3: torch.tensor([0.2, 0.4]), 5: torch.tensor([2.0, 4.0])}
+        assert abs(float(hinge(c, margin=1.0, weight=2.0)) - 1.4) < 1e-6
+    """
+    terms = [torch.relu(margin - c.mean()) for c in coefficients.values()]
+    return weight * torch.stack(terms).sum()
 
 
 def _unsteered_error(data: ActivationData, layer: int) -> float:
@@ -312,7 +328,12 @@ def train_psr(
         "model": model_name(model),
         "instruction": data.instruction,
         "objective": objective,
-        "training": {"items": len(data.items), "tokens": data.offsets[-1]},
+        # Digests of the training prompts: evaluation refuses to report on any of them.
+        "training": {
+            "items": len(data.items),
+            "tokens": data.offsets[-1],
+            "prompt_sha256": [prompt_digest(item.prompt) for item in data.items],
+        },
     }
     if kind == "constant":
         metadata["objective"] = "mean-difference"
@@ -371,7 +392,7 @@ def _fit_from_cache(
             h = plain[rows]
             steered = h + net.delta(layer, h)
             loss = ((steered - prompted[rows]) ** 2).sum(dim=1).mean() / norm
-            loss = loss + _hinge(net, {layer: net.last[layer]}, settings)
+            loss = loss + hinge({layer: net.last[layer]}, settings.hinge_margin, settings.hinge_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -408,7 +429,8 @@ def _fit_through_model(
                 items = [data.items[i] for i in chosen]
                 rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in chosen])
                 loss = _batch_loss(model, net, items, rows, data, layers, objective, norms, pad, device)
-                loss = loss + _hinge(net, _response_coefficients(net, items), settings)
+                coefficients = _response_coefficients(net, items)
+                loss = loss + hinge(coefficients, settings.hinge_margin, settings.hinge_weight)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
