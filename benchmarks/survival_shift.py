@@ -44,7 +44,7 @@ def main() -> None:
     vector = train_vector(model, tok, pairs[: args.pairs], layers)
     held_out = [MCItem(f"q{k}", p.prompt or "", (p.positive, p.negative), 0)
                 for k, p in enumerate(pairs[args.pairs: args.pairs + args.held_out])]
-    fmt = TaskFormat(scoring="likelihood", steer_all=True)
+    fmt = TaskFormat(scoring="likelihood", positions="all")
     items = [scored_item(tok, item, fmt) for item in held_out]
     s = args.strength
     result = score_grid(model, items, Scorer(), vector, layers, [-s, s])

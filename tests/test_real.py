@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from steerlab.data.items import MCItem
-from steerlab.experiment.stats import t_interval
 from steerlab.methods.pas import TaskFormat, scored_item
 from steerlab.runtime.sweep import Scorer, score_grid
 
@@ -42,7 +41,7 @@ def test_survival_vector_shifts_answer_likelihood_both_ways(smol: tuple[object, 
     layer = 10
     vector = train_vector(model, tok, pairs[:128], [layer])  # type: ignore[arg-type]
     held_out = [MCItem(f"q{k}", p.prompt or "", (p.positive, p.negative), 0) for k, p in enumerate(pairs[128:178])]
-    fmt = TaskFormat(scoring="likelihood", steer_all=True)
+    fmt = TaskFormat(scoring="likelihood", positions="all")
     items = [scored_item(tok, item, fmt) for item in held_out]  # type: ignore[arg-type]
     result = score_grid(model, items, Scorer(), vector, [layer], [-4.0, 4.0])  # type: ignore[arg-type]
     base = _behaviour_probability(result.baseline)
@@ -54,41 +53,38 @@ def test_survival_vector_shifts_answer_likelihood_both_ways(smol: tuple[object, 
 
 @pytest.mark.ci
 def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
-    """A small real `steerlab run`: report structure, the interval recomputed from per-item results, and a rerun
-    on the same folder that resumes from the cache and writes byte-identical outputs."""
+    """A small real `steerlab run`: report structure, the delta recomputed from per-item results, the recipe in the
+    vector file, and a rerun on the same folder that resumes from the cache and writes byte-identical outputs."""
     from steerlab.cli.main import main
+    from steerlab.core.vector import SteeringVector
 
     out = tmp_path / "run"
     argv = ["run", "--task", "caa/survival-instinct", "--method", "ipas-wo,caa", "--layers", "9,12",
-            "--strengths", "2,8", "--n-train", "24", "--n-val", "8", "--n-test", "16", "--icl-k", "1",
-            "--out", str(out), "--quiet"]
+            "--strengths", "0.5,1", "--n-train", "24", "--n-val", "8", "--n-test", "16", "--icl-k", "1",
+            "--random-directions", "4", "--positions", "answer", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    for key in ("model", "task", "method", "layer", "strength", "n_train", "n_val", "n_test", "seeds",
-                "delta", "delta_ci95", "controls", "sweep", "timings", "scoring", "scoring_check"):
+    for key in ("model", "model_identity", "task", "method", "verdict", "positions", "layer", "strength", "delta",
+                "directional_gain", "controls", "methods", "timings", "scoring", "scoring_check", "unit"):
         assert key in report, key
     assert report["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert report["n_test"] == 16 and len(report["per_item"]["ids"]) == 16
-    assert {"constant_letter", "random_direction", "icl", "icl_steering"} <= set(report["controls"])
-    assert ("shortest_answer" in report["controls"]) == (report["scoring"] == "likelihood")
-    assert "steered_minus_random" in report["controls"]["random_direction"]
-    assert {"sweep", "val_unsteered_pass"} <= set(report["timings"])
-    assert {(row["layer"], row["strength"]) for row in report["sweep"]} == {(9, 2.0), (9, 8.0), (12, 2.0), (12, 8.0)}
     assert set(report["methods"]) == {"ipas-wo", "caa"}
-    per_item = report["per_item"]
-    differences = [s - b for s, b in zip(per_item["steered_correct"], per_item["baseline_correct"], strict=True)]
-    assert report["baseline"]["test_accuracy"] == pytest.approx(sum(per_item["baseline_correct"]) / 16)
-    assert report["steered"]["test_accuracy"] == pytest.approx(sum(per_item["steered_correct"]) / 16)
-    assert report["delta"] == pytest.approx(sum(differences) / 16)
-    assert report["delta_ci95"] == pytest.approx(list(t_interval(differences)))
-    for name in ("report.md", "val_heatmap.png", "val_vs_strength.png", "val_vs_layer.png", "test_deltas.png",
-                 "vector.safetensors", "vectors/ipas-wo.safetensors"):
+    chosen = report["methods"][report["method"]]
+    assert {(c["layer"], c["strength"]) for c in chosen["sweep"]} == {(9, 0.5), (9, 1.0), (12, 0.5), (12, 1.0)}
+    item = chosen["per_item"][0]
+    assert len(item["ids"]) == 16
+    assert chosen["delta"]["value"] == pytest.approx(
+        sum(s - b for s, b in zip(item["steered"], item["baseline"], strict=True)) / 16)
+    assert chosen["directional_gain"]["value"] == pytest.approx(
+        sum(s - r for s, r in zip(item["steered"], item["random_mean"], strict=True)) / 16)
+    assert len(chosen["random_accuracies"]) == 4
+    for name in ("report.md", "val_gain.png", "val_vs_strength.png", "test_effects.png", "vector.safetensors",
+                 "vectors/ipas-wo.safetensors"):
         assert (out / name).is_file(), name
-    from steerlab.core.vector import SteeringVector
-
-    chosen = SteeringVector.load(out / "vector.safetensors")
-    assert chosen.metadata["layer"] == report["layer"] and chosen.metadata["strength"] == report["strength"]
-    assert list(chosen.layers) == [report["layer"]]
+    vector = SteeringVector.load(out / "vector.safetensors")
+    assert vector.recipe is not None
+    assert (list(vector.recipe.layers), vector.recipe.strength, vector.recipe.positions) == (
+        [report["layer"]], report["strength"], report["positions"])
 
     first = {p.name: p.read_bytes() for p in out.glob("*") if p.is_file()}
     assert main(argv) == 0  # everything comes from the cache: identical bytes, timings included
@@ -101,5 +97,5 @@ def test_cli_run_end_to_end_report_and_resume(tmp_path: Path) -> None:
     assert main(argv) == 0
     again = json.loads((out / "report.json").read_text())
     assert {k: v for k, v in again.items() if k != "timings"} == {k: v for k, v in report.items() if k != "timings"}
-    for name in ("vector.safetensors", "val_heatmap.png", "val_vs_strength.png", "test_deltas.png"):
+    for name in ("vector.safetensors", "val_gain.png", "val_vs_strength.png", "test_effects.png"):
         assert (out / name).read_bytes() == first[name], name

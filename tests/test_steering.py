@@ -164,7 +164,7 @@ def test_strength_zero_is_bit_identical(family: str) -> None:
     ids, mask = ids_batch([6, 4])
     plain = forward(model, ids, mask).logits
     vector = vec([0, 1, 2])
-    for positions in ("all", "prompt", "generated", "last_prompt"):
+    for positions in ("all", "prompt", "answer", "last_prompt"):
         with steer(model, vector, strength=0.0, positions=positions) as handle:
             assert handle.layers == []
             assert torch.equal(forward(model, ids, mask).logits, plain)
@@ -184,7 +184,7 @@ def test_exit_remove_and_exceptions_restore_the_model(family: str) -> None:
         assert hooks(model) == before
         assert torch.equal(forward(model, ids, mask).logits, plain)
 
-    with pytest.raises(RuntimeError, match="boom"), steer(model, vector, 1.0, positions="generated"):
+    with pytest.raises(RuntimeError, match="boom"), steer(model, vector, 1.0, positions="answer"):
         raise RuntimeError("boom")
     assert hooks(model) == before
     assert torch.equal(forward(model, ids, mask).logits, plain)
@@ -202,7 +202,7 @@ def test_the_users_model_is_not_mutated(llama: tf.PreTrainedModel) -> None:
     before_state = {k: v.clone() for k, v in llama.state_dict().items()}
     before_blocks = list(decoder_blocks(llama))
     ids, mask = ids_batch([5, 3])
-    with steer(llama, vec([0, 1, 2]), 2.0, positions="generated"):
+    with steer(llama, vec([0, 1, 2]), 2.0, positions="answer"):
         llama.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert [(name, id(module), type(module)) for name, module in llama.named_modules()] == before_modules
     assert list(decoder_blocks(llama)) == before_blocks
@@ -213,59 +213,114 @@ def test_the_users_model_is_not_mutated(llama: tf.PreTrainedModel) -> None:
     assert not llama.training
 
 
-# Positions are absolute columns
+# Positions are absolute columns, per row
 
 
-def steered_columns(model: tf.PreTrainedModel, positions: str, ids: torch.Tensor, mask: torch.Tensor,
-                    chunk: torch.Tensor | None = None, layer: int = 1) -> list[int]:
-    """Columns of the last forward chunk whose layer output moved by exactly +vector (others must not move).
-
-    Without ``chunk`` the chunk is ``ids`` itself; with it, ``ids`` is prefilled into a cache first.
-    """
-    vector = vec([layer], seed=9)
-
-    def run() -> torch.Tensor:
-        if chunk is None:
-            return forward(model, ids, mask, use_cache=False).hidden_states[layer + 1]
-        cache = tf.DynamicCache(config=model.config)
-        forward(model, ids, mask, **cache_kwarg(model, cache), use_cache=True)
-        full = torch.cat([mask, torch.ones_like(chunk)], dim=1)
-        return forward(model, chunk, full, **cache_kwarg(model, cache), use_cache=True).hidden_states[layer + 1]
-
-    plain = run()
-    with steer(model, vector, 1.0, positions=positions):
-        steered = run()
-    moved = []
-    for column in range(plain.shape[1]):
-        if torch.equal(steered[:, column], plain[:, column]):
-            continue
-        assert torch.equal(steered[:, column], plain[:, column] + vector.layers[layer]), column
-        moved.append(column)
+def moved_columns(plain: torch.Tensor, steered: torch.Tensor, vector: torch.Tensor) -> list[list[int]]:
+    """Per row, the columns whose layer output moved; each moved by exactly +vector, the others not at all."""
+    moved: list[list[int]] = []
+    for row in range(plain.shape[0]):
+        columns = []
+        for column in range(plain.shape[1]):
+            if torch.equal(steered[row, column], plain[row, column]):
+                continue
+            assert torch.equal(steered[row, column], plain[row, column] + vector), (row, column)
+            columns.append(column)
+        moved.append(columns)
     return moved
 
 
+def steered_columns(model: tf.PreTrainedModel, positions: str, ids: torch.Tensor, mask: torch.Tensor,
+                    layer: int = 1, **steer_kw: Any) -> list[list[int]]:
+    vector = vec([layer], seed=9)
+    plain = forward(model, ids, mask, use_cache=False).hidden_states[layer + 1]
+    with steer(model, vector, 1.0, positions=positions, **steer_kw):
+        steered = forward(model, ids, mask, use_cache=False).hidden_states[layer + 1]
+    return moved_columns(plain, steered, vector.layers[layer])
+
+
+def right_padded(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(lengths)
+    ids = torch.zeros((len(lengths), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.tensor(random_ids(n, seed + row))
+        mask[row, :n] = 1
+    return ids, mask
+
+
 @pytest.mark.parametrize(("positions", "expected"), [
-    ("all", [0, 1, 2, 3, 4, 5]), ("prompt", [0, 1, 2, 3, 4, 5]), ("generated", []), ("last_prompt", [5]),
+    ("all", [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]),
+    ("prompt", [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5]]),  # padding is not prompt
+    ("answer", [[5], [5]]),  # a whole prompt in one call: the position that predicts the answer
+    ("last_prompt", [[5], [5]]),
 ])
 def test_positions_on_a_whole_left_padded_prompt(llama: tf.PreTrainedModel, positions: str,
-                                                 expected: list[int]) -> None:
+                                                 expected: list[list[int]]) -> None:
     ids, mask = ids_batch([6, 4])
     assert steered_columns(llama, positions, ids, mask) == expected
 
 
-@pytest.mark.parametrize(("positions", "expected_prefill", "expected_chunk"), [
-    ("all", [0, 1, 2, 3, 4], [0, 1, 2]),
-    ("prompt", [0, 1, 2, 3, 4], []),
-    ("generated", [], [0, 1, 2]),
-    ("last_prompt", [4], []),
+@pytest.mark.parametrize(("positions", "expected"), [
+    ("all", [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]),
+    ("prompt", [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3]]),
+    ("answer", [[5], [3]]),  # each row's own last token, not the batch's last column
+    ("last_prompt", [[5], [3]]),
 ])
-def test_positions_with_a_kv_cache(family: str, positions: str, expected_prefill: list[int],
-                                   expected_chunk: list[int]) -> None:
+def test_positions_on_a_right_padded_batch_are_per_row(family: str, positions: str,
+                                                       expected: list[list[int]]) -> None:
     model = build_model(family)
-    ids, mask = ids_batch([5, 3], seed=2)
-    chunk = torch.tensor([random_ids(3, 7), random_ids(3, 8)])
-    assert steered_columns(model, positions, ids, mask) == expected_prefill
-    assert steered_columns(model, positions, ids, mask, chunk) == expected_chunk
+    ids, mask = right_padded([6, 4])
+    assert steered_columns(model, positions, ids, mask) == expected
+
+
+@pytest.mark.parametrize(("positions", "expected"), [
+    ("prompt", [[0, 1, 2, 3], [2, 3]]),
+    ("answer", [[3, 4, 5], [3, 4, 5]]),
+    ("last_prompt", [[3], [3]]),
+])
+def test_prompt_lengths_split_one_call_into_prompt_and_answer(llama: tf.PreTrainedModel, positions: str,
+                                                              expected: list[list[int]]) -> None:
+    ids, mask = ids_batch([6, 4])  # row 1: pads at 0-1, prompt at 2-3, answer at 4-5
+    assert steered_columns(llama, positions, ids, mask, prompt_lengths=[4, 2]) == expected
+
+
+@pytest.mark.parametrize("positions", ["prompt", "answer", "last_prompt", "all"])
+def test_chunked_prefill_equals_one_full_forward(family: str, positions: str) -> None:
+    # The prompt fed in two cached chunks is steered on the same absolute positions as in one call.
+    model = build_model(family)
+    ids, mask = ids_batch([7, 5], seed=4)
+    vector = vec([1], seed=9)
+    # Where the prompt ends cannot be seen from a chunk that is not its last: the caller says it.
+    lengths = [7, 5] if positions in ("answer", "last_prompt") else None
+    with steer(model, vector, 1.0, positions=positions, prompt_lengths=lengths):
+        full = forward(model, ids, mask, use_cache=False)
+        cache = tf.DynamicCache(config=model.config)
+        first = forward(model, ids[:, :4], mask[:, :4], **cache_kwarg(model, cache), use_cache=True)
+        second = forward(model, ids[:, 4:], mask, **cache_kwarg(model, cache), use_cache=True)
+    chunked = torch.cat([first.logits, second.logits], dim=1)
+    real = mask.bool()  # padding columns hold arbitrary values either way
+    torch.testing.assert_close(chunked[real], full.logits[real], atol=1e-5, rtol=1e-5)
+    plain = forward(model, ids, mask, use_cache=False).logits
+    assert not torch.allclose(plain[real], full.logits[real], atol=1e-3), "the vector should move the logits"
+
+
+@pytest.mark.parametrize("positions", ["answer", "last_prompt"])
+def test_a_callers_prefix_cache_is_prompt(family: str, positions: str) -> None:
+    # The cache of an unsteered prefix comes from outside the steering block; the rest of the prompt is fed
+    # inside it. The result equals one full forward steered at the same absolute positions.
+    model = build_model(family)
+    ids, mask = ids_batch([7, 5], seed=5)
+    vector = vec([1], seed=9)
+    with steer(model, vector, 1.0, positions=positions):
+        full = forward(model, ids, mask, use_cache=False).logits
+    cache = tf.DynamicCache(config=model.config)
+    forward(model, ids[:, :4], mask[:, :4], **cache_kwarg(model, cache), use_cache=True)
+    with steer(model, vector, 1.0, positions=positions):
+        rest = forward(model, ids[:, 4:], mask, **cache_kwarg(model, cache), use_cache=True).logits
+    torch.testing.assert_close(rest, full[:, 4:], atol=1e-5, rtol=1e-5)
+    plain = forward(model, ids, mask, use_cache=False).logits
+    assert not torch.allclose(plain[:, 4:], full[:, 4:], atol=1e-3), "the vector should move the logits"
 
 
 # Generation
@@ -280,7 +335,7 @@ def greedy(model: tf.PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, use
     return out[:, ids.shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("positions", ["all", "prompt", "generated", "last_prompt"])
+@pytest.mark.parametrize("positions", ["all", "prompt", "answer", "last_prompt"])
 def test_cached_generation_equals_uncached_generation(family: str, positions: str) -> None:
     model = build_model(family)
     ids, mask = ids_batch([6])
@@ -297,11 +352,12 @@ def test_cached_generation_equals_uncached_generation(family: str, positions: st
     assert greedy(model, ids, mask, use_cache=False) == plain
 
 
-def test_generated_positions_steer_every_generated_token(llama: tf.PreTrainedModel) -> None:
-    # The bug other libraries shipped: a chunk-relative index stops steering after the prompt.
+def test_answer_positions_steer_every_generated_token(llama: tf.PreTrainedModel) -> None:
+    # The bug other libraries shipped: a chunk-relative index stops steering after the prompt. And the position
+    # that predicts the first new token (the last prompt token) is steered too.
     ids, mask = ids_batch([5])
     vector = vec([1], seed=11, scale=0.6)
-    with steer(llama, vector, 1.0, positions="generated"):
+    with steer(llama, vector, 1.0, positions="answer"):
         # What the steering hook added: a hook that runs before it sees the block's own output.
         deltas: list[torch.Tensor] = []
         block = decoder_blocks(llama)[1]
@@ -316,13 +372,14 @@ def test_generated_positions_steer_every_generated_token(llama: tf.PreTrainedMod
             pre.remove()
             post.remove()
     assert [d.shape[1] for d in deltas] == [5, 1, 1, 1]
-    assert torch.equal(deltas[0], torch.zeros_like(deltas[0]))
+    assert torch.equal(deltas[0][:, :4], torch.zeros_like(deltas[0][:, :4]))
+    torch.testing.assert_close(deltas[0][0, 4], vector.layers[1], atol=1e-6, rtol=0)
     for step in deltas[1:]:  # (h + v) - h is v up to rounding
         torch.testing.assert_close(step[0, 0], vector.layers[1], atol=1e-6, rtol=0)
 
 
-# "all" and "prompt" need no column arithmetic; these two depend on the padded prompt's absolute end.
-@pytest.mark.parametrize("positions", ["generated", "last_prompt"])
+# These depend on each row's own prompt end and padding.
+@pytest.mark.parametrize("positions", ["answer", "last_prompt", "prompt"])
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time(family: str, positions: str) -> None:
     # float64: in float32 the padded batch's different matmul shapes change the last bits of the logits, which
     # can flip a near-tie of a random model's greedy choice. Not gemma2: transformers' eager Gemma2 attention
@@ -355,7 +412,7 @@ def test_bad_steering_requests_raise_clear_config_errors(llama: tf.PreTrainedMod
     with pytest.raises(ConfigError, match="steering has hidden size 16 but the model has 32"):
         steer(llama, SteeringVector({1: torch.ones(16)}))
     with pytest.raises(ConfigError,
-                       match="unknown positions 'end'; choose one of all, prompt, generated, last_prompt"):
+                       match="unknown positions 'end'; choose one of last_prompt, answer, prompt, all"):
         steer(llama, vec([1]), positions="end")
     with pytest.raises(ConfigError, match=r"no steering defined at layer\(s\) \[0, 2\]"):
         steer(llama, vec([1]), layers=[0, 1, 2])
@@ -366,7 +423,7 @@ def test_bad_steering_requests_raise_clear_config_errors(llama: tf.PreTrainedMod
 
 def test_out_of_range_layer_in_a_later_vector_installs_nothing(llama: tf.PreTrainedModel) -> None:
     with pytest.raises(ConfigError, match="out of range"):
-        apply_steering(llama, [(vec([0]), 1.0), (vec([5]), 1.0)], positions="generated")
+        apply_steering(llama, [(vec([0]), 1.0), (vec([5]), 1.0)], positions="answer")
     assert hooks(llama) == {}
 
 

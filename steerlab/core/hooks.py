@@ -3,17 +3,16 @@
 Layer ``i`` is the output of decoder block ``i`` (0-based), i.e. ``hidden_states[i + 1]`` in transformers.
 Nothing in the user's model is replaced or mutated: steering is a set of forward hooks that are always removed.
 
-Positions are absolute columns of the (left-padded) sequence, read from the KV cache length, never positions
-within the current forward chunk: during cached generation each step feeds one token, and a chunk-relative index
-would stop steering after the prompt (the bug other libraries shipped). With left padding every prompt of a batch
-ends at the same column, so "prompt", "generated" and "last prompt token" mean the same thing for every row.
+Positions (see :mod:`steerlab.core.positions`) are absolute columns, read per row from the attention mask and the
+KV cache length, never positions within the current forward chunk: during cached generation each step feeds one
+token, and a chunk-relative index would stop steering after the prompt (the bug other libraries shipped).
 
 Example (runs on any causal LM; here the embedded default)::
 
     from steerlab import load_model, steer, SteeringVector
     model, tok = load_model()
     vector = SteeringVector.load("survival.safetensors")
-    with steer(model, vector, strength=4.0, positions="generated"):
+    with steer(model, vector, strength=1.0, positions="answer"):
         out = model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=20)
 """
 
@@ -21,18 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from steerlab.core.positions import Positions, check_positions
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
-
-Positions = Literal["all", "prompt", "generated", "last_prompt"]
-POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt")
 
 
 @runtime_checkable
@@ -86,11 +83,18 @@ def as_intervention(source: SteeringSource) -> Intervention:
 
 @dataclass
 class _PositionState:
-    """Where the current forward chunk starts in the sequence, and how long the prompt was."""
+    """Where the prompt of each row ends, as an absolute column, for the sequence being processed.
 
-    offset: int = 0
-    prompt_length: int = 0
+    The prompt is what the first call of a sequence feeds (plus any past already in a caller's KV cache), extended
+    by later calls of more than one token per row (chunked prefill); calls of one token per row are generation.
+    """
+
+    prompt_end: torch.Tensor | None = None  # (batch,) column after each row's last real prompt token
+    seen: int = 0  # columns processed so far in this sequence
     uncached: torch.Tensor | None = None  # input ids of the last call made without a KV cache
+    explicit: torch.Tensor | None = None  # caller-given prompt lengths in real tokens, per row
+    columns: torch.Tensor | None = None  # (batch, chunk) absolute columns of the current call
+    real: torch.Tensor | None = None  # (batch, chunk) True where the current call's token is not padding
 
 
 def _input_ids(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -106,27 +110,61 @@ def _continues(previous: torch.Tensor | None, ids: torch.Tensor | None) -> bool:
             and ids.shape[1] == previous.shape[1] + 1 and torch.equal(ids[:, :-1], previous))
 
 
-def _chunk_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    ids = kwargs.get("input_ids")
-    if ids is None and args and isinstance(args[0], torch.Tensor):
-        ids = args[0]
+def _chunk_shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int, torch.device]:
+    ids = _input_ids(args, kwargs)
     if ids is not None:
-        return int(ids.shape[1])
+        return int(ids.shape[0]), int(ids.shape[1]), ids.device
     embeds = kwargs.get("inputs_embeds")
-    if embeds is None:
+    if not isinstance(embeds, torch.Tensor):
         raise ConfigError("steering with positions needs input_ids or inputs_embeds in the model call")
-    return int(embeds.shape[1])
+    return int(embeds.shape[0]), int(embeds.shape[1]), embeds.device
 
 
-def _column_mask(state: _PositionState, positions: str, length: int, device: torch.device) -> torch.Tensor:
-    columns = torch.arange(state.offset, state.offset + length, device=device)
+def _track(state: _PositionState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Update ``state`` before a forward call of the base model."""
+    batch, length, device = _chunk_shape(args, kwargs)
+    # transformers 5.24 renamed the base model's ``past_key_values`` argument to ``cache``.
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    offset = int(cache.get_seq_length()) if cache is not None else 0
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (batch, offset + length):
+        full = mask.to(device=device).bool()
+    else:  # no 2-D padding mask (or a 4-D one built by the caller): every column is real
+        full = torch.ones((batch, offset + length), dtype=torch.bool, device=device)
+    state.columns = torch.arange(offset, offset + length, device=device).expand(batch, length)
+    state.real = full[:, offset:]
+    ids = _input_ids(args, kwargs) if cache is None else None
+    if cache is None and _continues(state.uncached, ids):
+        state.uncached = ids  # generation without a cache re-feeds everything: the prompt is unchanged
+        return
+    state.uncached = ids
+    new_sequence = (state.prompt_end is None or offset != state.seen or offset == 0
+                    or state.prompt_end.shape[0] != batch)
+    if new_sequence or length > 1:
+        # The column after each row's last real token so far: the prompt (with any past from a caller's cache).
+        last = torch.where(full, torch.arange(offset + length, device=device), -1).amax(dim=1)
+        state.prompt_end = last + 1
+        if state.explicit is not None:
+            if state.explicit.shape[0] != batch:
+                raise ConfigError(f"prompt_lengths has {state.explicit.shape[0]} rows but the batch has {batch}")
+            reached = full.long().cumsum(dim=1) >= state.explicit.to(device)[:, None]
+            # A row whose prompt goes on past this call: all of it is prompt, its last prompt token is still ahead.
+            ahead = torch.full_like(last, offset + length + 1)
+            state.prompt_end = torch.where(reached.any(dim=1), reached.float().argmax(dim=1) + 1, ahead)
+    state.seen = offset + length
+
+
+def _position_mask(state: _PositionState, positions: str) -> torch.Tensor:
+    """(batch, chunk, 1) mask of the current call's steered positions; padding is steered only under ``all``."""
+    assert state.columns is not None and state.real is not None and state.prompt_end is not None
+    end = state.prompt_end.to(state.columns.device)[:, None]
     if positions == "prompt":
-        keep = columns < state.prompt_length
-    elif positions == "generated":
-        keep = columns >= state.prompt_length
+        keep = state.columns < end
+    elif positions == "answer":
+        keep = state.columns >= end - 1
     else:
-        keep = columns == state.prompt_length - 1
-    return keep.view(1, length, 1)
+        keep = state.columns == end - 1
+    return (keep & state.real)[..., None]
 
 
 class SteeringHandle:
@@ -157,19 +195,34 @@ def _normalise(steering: Steering, strength: float) -> list[tuple[Intervention, 
 def apply_steering(
     model: nn.Module,
     steering: Steering,
-    strength: float = 1.0,
+    strength: float | None = None,
     *,
     layers: Iterable[int] | None = None,
-    positions: Positions | str = "all",
+    positions: Positions | str | None = None,
+    prompt_lengths: Sequence[int] | None = None,
 ) -> SteeringHandle:
     """Hook ``steering`` into ``model``: each hooked block's output becomes ``h + sum(w * strength * delta)``.
 
     ``steering`` is one vector or learned model, or a list of ``(vector_or_model, weight)``. ``layers`` restricts
     steering to those layers (default: every layer the sources define). A layer whose total weight is zero gets no
     hook at all, so strength 0 leaves the logits bit-identical.
+
+    A single vector that carries a recipe (``steerlab run`` writes one) is applied as it was selected: ``strength``,
+    ``positions`` and ``layers`` default to the recipe's; otherwise to 1.0, ``"all"`` and every layer.
+
+    Positions are per row, from the attention mask and the cache length: left or right padding, chunked prefill and
+    a caller's prefix cache all give the same steered tokens as one full forward. ``prompt_lengths`` (real tokens
+    per row) says where each row's prompt ends when one call holds prompt and answer together; chunked prefill needs
+    it for ``answer`` and ``last_prompt``, since no hook can tell that a chunk is not the prompt's last.
     """
-    if positions not in POSITIONS:
-        raise ConfigError(f"unknown positions '{positions}'; choose one of {', '.join(POSITIONS)}")
+    recipe = steering.recipe if isinstance(steering, SteeringVector) else None
+    if strength is None:
+        strength = recipe.strength if recipe is not None else 1.0
+    if positions is None:
+        positions = recipe.positions if recipe is not None else "all"
+    if layers is None and recipe is not None:
+        layers = recipe.layers
+    positions = check_positions(positions)
     sources = _normalise(steering, strength)
     depth, width = num_layers(model), hidden_size(model)
     for source, _ in sources:
@@ -189,20 +242,11 @@ def apply_steering(
             raise ConfigError(f"no steering defined at layer(s) {missing}")
 
     handles: list[RemovableHandle] = []
-    state = _PositionState()
+    state = _PositionState(explicit=None if prompt_lengths is None else torch.tensor(list(prompt_lengths)))
     if positions != "all" and by_layer:
 
         def track(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            # transformers 5.24 renamed the base model's ``past_key_values`` argument to ``cache``.
-            cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            state.offset = int(cache.get_seq_length()) if cache is not None else 0
-            if state.offset == 0:
-                # Without a cache every generation step re-feeds the whole sequence from column 0: the prompt is
-                # still the one the first step saw, not everything fed so far.
-                ids = _input_ids(args, kwargs) if cache is None else None
-                if not _continues(state.uncached, ids):
-                    state.prompt_length = _chunk_length(args, kwargs)
-                state.uncached = ids
+            _track(state, args, kwargs)
 
         handles.append(base_model(model).register_forward_pre_hook(track, with_kwargs=True))
 
@@ -216,7 +260,7 @@ def apply_steering(
             hidden = output[0] if isinstance(output, tuple) else output
             add = sum(weight * source.delta(layer, hidden) for source, weight in terms)
             if positions != "all":
-                add = add * _column_mask(state, positions, hidden.shape[1], hidden.device).to(hidden.dtype)
+                add = add * _position_mask(state, positions).to(device=hidden.device, dtype=hidden.dtype)
             steered = hidden + add
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
@@ -229,10 +273,12 @@ def apply_steering(
 def steer(
     model: nn.Module,
     steering: Steering,
-    strength: float = 1.0,
+    strength: float | None = None,
     *,
     layers: Iterable[int] | None = None,
-    positions: Positions | str = "all",
+    positions: Positions | str | None = None,
+    prompt_lengths: Sequence[int] | None = None,
 ) -> SteeringHandle:
     """Context-manager form of :func:`apply_steering`: the hooks are removed when the block exits, even on error."""
-    return apply_steering(model, steering, strength, layers=layers, positions=positions)
+    return apply_steering(model, steering, strength, layers=layers, positions=positions,
+                          prompt_lengths=prompt_lengths)

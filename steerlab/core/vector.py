@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from steerlab.core.recipe import Recipe
 from steerlab.errors import ConfigError, VectorFileError
 
 FORMAT = "steerlab"
@@ -220,6 +221,20 @@ class SteeringVector:
     def hidden_size(self) -> int:
         return next(iter(self.layers.values())).numel()
 
+    @property
+    def recipe(self) -> Recipe | None:
+        """How the vector was selected to be applied (layers, strength, unit, positions), if its file says."""
+        data = self.metadata.get("recipe")
+        return None if data is None else Recipe.from_dict(data)
+
+    def with_recipe(self, recipe: Recipe) -> SteeringVector:
+        """This vector restricted to the recipe's layers, with the recipe recorded in its metadata."""
+        missing = [layer for layer in recipe.layers if layer not in self.layers]
+        if missing:
+            raise ConfigError(f"the recipe names layer(s) {missing} that the vector does not have")
+        layers = {layer: self.layers[layer] for layer in recipe.layers}
+        return SteeringVector(layers, {**copy.deepcopy(self.metadata), "recipe": recipe.to_dict()})
+
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> SteeringVector:
         moved = {i: t.to(device=device, dtype=dtype) for i, t in self.layers.items()}
@@ -254,6 +269,7 @@ class SteeringVector:
     def _derive(self, layers: dict[int, torch.Tensor], step: dict[str, Any],
                 normalized: bool) -> SteeringVector:
         metadata = copy.deepcopy(self.metadata)
+        metadata.pop("recipe", None)  # a derived vector was never validated as the original was
         metadata["operations"] = [*metadata.get("operations", []), step]
         metadata["normalized"] = normalized
         return SteeringVector(layers, metadata)
@@ -346,9 +362,14 @@ class SteeringVector:
                 )
             layers[int(match[1])] = tensor
         try:
-            return cls(layers, metadata)
+            vector = cls(layers, metadata)
+            recipe = vector.recipe
         except ConfigError as exc:
             raise VectorFileError(f"{path}: {exc}") from None
+        if recipe is not None and not set(recipe.layers) <= set(vector.layers):
+            raise VectorFileError(f"{path}: the recipe names layers {list(recipe.layers)} but the file has "
+                                  f"{list(vector.layers)}")
+        return vector
 
     def check_compatible(self, hidden_size: int, num_layers: int, model_name: str | None = None) -> None:
         """Raise VectorFileError unless the vector fits a model of this width and depth.

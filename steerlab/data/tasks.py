@@ -86,9 +86,13 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
+
+
 def _task_file(name: str) -> Path:
     if name not in _TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}")
+        raise ConfigError(f"unknown task {name!r}: a built-in task is one of {', '.join(_TASKS)}; for your own "
+                          "file (JSONL / JSON / CSV) or an hf: dataset use --data (steerlab.load_items in Python)")
     task = _TASKS[name]
     folder = _package_dir(task.package)
     if folder is None:

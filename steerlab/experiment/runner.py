@@ -1,27 +1,33 @@
 """``steerlab run``: from a labelled multiple-choice dataset to a tested steering vector, with no human choice.
 
 For each seed: shuffle every item's choices (per item), split train / val / test, score the unsteered model on all
-three, build each method's vector from the training answers, sweep layer x strength on validation, and test the
-best point against the unsteered model, a random direction of the same norm, in-context learning, and in-context
-learning plus steering. Every finished piece is kept under ``out/.steerlab-cache`` so a killed run resumes.
+three, build each method's vector from the training answers, sweep positions x layer x strength on validation with
+each strength's negation beside it, choose a point, and test it against the unsteered model, the negated vector and
+K random directions of the same norm at the same point (extra rows of one replay batch), in-context learning, and
+in-context learning plus steering. Every finished piece is kept under ``out/.steerlab-cache`` under a key that
+holds everything it depends on, so a killed run resumes and a changed setting, model, tokenizer or steerlab
+version never reuses stale work.
 
-Selection rule: the grid point with the highest validation accuracy; ties go to the smaller strength, then to the
-earlier layer. The method reported on top is the one with the best validation accuracy (ties: the order given).
+Selection (``RunConfig.select``): ``directional`` maximises half the gap between ``+s`` and ``-s`` on validation
+among points where ``+s`` does not lower accuracy; ``accuracy`` maximises validation accuracy. Ties go to the
+smaller strength, then the earlier layer, then the earlier positions. The method reported on top is the one with
+the best mean selection score (ties: the order given).
 
 Example::
 
     from steerlab import load_model, load_task
-    from steerlab.experiment.runner import RunConfig, run_task
+    from steerlab.experiment.config import RunConfig
+    from steerlab.experiment.runner import run_task
     model, tok = load_model()
-    result = run_task(model, tok, load_task("caa/survival-instinct"), RunConfig(task="caa/survival-instinct"))
-    print(result.report["delta"], result.report["delta_ci95"])
+    result = run_task(model, tok, load_task("caa/survival-instinct"), RunConfig(n_val=16, n_test=32))
+    print(result.report.chosen.verdict, result.report.chosen.directional_gain)
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,25 +37,30 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from steerlab._version import __version__
+from steerlab.core.positions import Positions
+from steerlab.core.recipe import Recipe
 from steerlab.core.vector import SteeringVector
-from steerlab.data.items import MCItem, shuffle_choices, split_items
+from steerlab.data.items import MCItem, Splits, shuffle_choices, split_items
 from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
+from steerlab.experiment.config import RunConfig, default_layers
+from steerlab.experiment.results import MethodResult, RunReport, SeedOutcome, SweepCell, verdict
 from steerlab.experiment.stats import (
     constant_letter,
     correctness,
     letter_counts,
     mean,
-    paired_delta,
+    paired_bootstrap,
+    rank_p_value,
     shortest_answer,
-    t_interval,
 )
 from steerlab.experiment.store import Store, fingerprint
-from steerlab.methods.pas import PAS_METHODS, TaskFormat, build_vector, icl_history, method_problem, scored_item
-from steerlab.models import model_name, num_layers
+from steerlab.methods.pas import TaskFormat, build_vector, icl_history, method_problem, scored_item
+from steerlab.models import num_layers
+from steerlab.models.identity import model_identity
 from steerlab.progress import Progress, silent
 from steerlab.runtime.scoring import letter_token_ids
-from steerlab.runtime.sweep import ScoredItem, Scorer, score_grid
+from steerlab.runtime.sweep import ScoredItem, Scorer, score_pushes
 from steerlab.runtime.sweep import predictions as argmax_choices
 
 SWEEP_BLOCK = 16  # validation items per stored sweep entry: the unit a resumed run does not redo
@@ -57,48 +68,75 @@ LETTERS_AGREEMENT = 0.6
 CHECK_ITEMS = 32  # training items asked in both choice orders to decide the scoring
 
 
-def default_layers(depth: int) -> list[int]:
-    """Ten layers spread over the middle of the network (25% to 80% of its depth), where steering works best."""
-    low, high = max(1, round(0.25 * depth)), max(1, round(0.8 * depth))
-    count = min(10, high - low + 1)
-    return sorted({round(low + k * (high - low) / max(1, count - 1)) for k in range(count)})
-
-
-DEFAULT_STRENGTHS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    task: str = "caa/survival-instinct"
-    methods: tuple[str, ...] = ("ipas-wo",)  # the paper's strongest; PAS_METHODS compares all four
-    layers: tuple[int, ...] | None = None
-    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
-    # Sized so that plain `steerlab run` takes under 5 minutes on 2 CPU cores; --n-test 200 tightens the interval.
-    n_train: int = 64
-    n_val: int = 32
-    n_test: int = 64
-    seeds: int = 1
-    seed: int = 0
-    scoring: str = "auto"          # auto | letters | likelihood
-    length_normalize: bool = False
-    chat: bool = True
-    steer_all: bool = False
-    icl_k: int = 4
-    batch_size: int = 8
-    extras: dict[str, Any] = field(default_factory=dict)
+def _constants() -> dict[str, Any]:
+    # Read at call time, so a changed constant changes every key.
+    return {"SWEEP_BLOCK": SWEEP_BLOCK, "LETTERS_AGREEMENT": LETTERS_AGREEMENT, "CHECK_ITEMS": CHECK_ITEMS}
 
 
 def _accuracy(scores: Sequence[Sequence[float]], items: Sequence[MCItem]) -> float:
     return mean(correctness(argmax_choices(scores), items))
 
 
-def _pick(points: dict[tuple[int, float], float]) -> tuple[int, float]:
-    return max(sorted(points), key=lambda p: (points[p], -abs(p[1]), -p[0]))
+def choose(cells: Sequence[SweepCell], val_baseline: float, rule: str,
+           positions_order: Sequence[str]) -> tuple[SweepCell, float]:
+    """The chosen grid point and its selection score (see the module docstring)."""
+    def tie(c: SweepCell) -> tuple[float, int, int]:
+        return -abs(c.strength), -c.layer, -positions_order.index(c.positions)
+
+    if rule == "accuracy":
+        best = max(cells, key=lambda c: (c.val_accuracy, *tie(c)))
+        return best, best.val_accuracy
+    eligible = [c for c in cells if c.val_accuracy >= val_baseline] or list(cells)
+    best = max(eligible, key=lambda c: (c.gain, *tie(c)))
+    return best, best.gain
+
+
+def in_unit(vector: SteeringVector, unit: str) -> SteeringVector:
+    """The vector whose strength 1 is one unit: for ``relative``, each layer rescaled to its mean residual norm."""
+    if unit == "absolute":
+        return vector
+    norms = vector.metadata.get("residual_norms")
+    if not isinstance(norms, dict):
+        raise ConfigError("relative strengths need the vector's 'residual_norms' (vectors built by steerlab run)")
+    layers = {layer: t / t.norm() * float(norms[str(layer)]) for layer, t in vector.layers.items()}
+    return SteeringVector(layers, {**vector.metadata, "normalized": False})
+
+
+def random_directions(count: int, like: torch.Tensor, seed: int) -> torch.Tensor:
+    """``count`` Gaussian directions, each with the norm of ``like``; the same ``seed`` gives the same rows."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(count, like.numel(), generator=generator, dtype=torch.float64)
+    return (rows / rows.norm(dim=1, keepdim=True) * like.double().norm()).to(like.dtype)
+
+
+@dataclass
+class _Seed:
+    seed: int
+    splits: Splits
+    baseline: dict[str, list[list[float]]]
+    train_predicted: list[int]
+    history: list[tuple[str, str]]
+    icl: list[float]
+
+    @property
+    def test_baseline(self) -> list[float]:
+        return correctness(argmax_choices(self.baseline["test"]), self.splits.test)
+
+
+@dataclass
+class _Chosen:
+    outcome: SeedOutcome
+    cell: SweepCell
+    vector: SteeringVector  # in the run's unit, every swept layer
+    cells: list[SweepCell]
+    score: float
 
 
 class _Runner:
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, items: Sequence[MCItem],
                  config: RunConfig, store: Store, progress: Progress) -> None:
+        if not items:
+            raise ConfigError("no items to run on")
         self.model, self.tokenizer, self.items, self.config = model, tokenizer, items, config
         self.store, self.progress = store, progress
         self.depth = num_layers(model)
@@ -106,13 +144,12 @@ class _Runner:
         bad = [layer for layer in self.layers if not 0 <= layer < self.depth]
         if bad:
             raise ConfigError(f"layer(s) {bad} out of range: the model has layers 0..{self.depth - 1}")
-        for method in config.methods:
-            if method not in PAS_METHODS:
-                raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(PAS_METHODS)} or all")
         width = max(len(i.choices) for i in items)
         self.letter_ids = tuple(tuple(ids) for ids in letter_token_ids(tokenizer, [chr(65 + k) for k in range(width)]))
-        self.base_key = fingerprint(model_name(model), [(i.id, i.question, i.choices, i.answer) for i in items],
-                                    {k: v for k, v in asdict(config).items() if k not in ("batch_size",)})
+        self.identity = model_identity(model, tokenizer)
+        self.base_key = fingerprint(__version__, self.identity, _constants(),
+                                    [(i.id, i.question, i.choices, i.answer, i.context) for i in items],
+                                    asdict(config))
         self.timings: dict[str, float] = {}
 
     def key(self, *parts: Any) -> str:
@@ -121,10 +158,10 @@ class _Runner:
     def time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
-    def fmt(self, scoring: str) -> TaskFormat:
+    def fmt(self, scoring: str, positions: Positions = "answer") -> TaskFormat:
         c = self.config
         return TaskFormat(scoring="letters" if scoring == "letters" else "likelihood",
-                          style=PromptStyle(chat=c.chat), length_normalize=c.length_normalize, steer_all=c.steer_all)
+                          style=PromptStyle(chat=c.chat), length_normalize=c.length_normalize, positions=positions)
 
     def scorer(self, fmt: TaskFormat) -> Scorer:
         return Scorer(self.letter_ids if fmt.scoring == "letters" else None, fmt.length_normalize)
@@ -135,16 +172,17 @@ class _Runner:
 
     def baseline(self, items: Sequence[MCItem], fmt: TaskFormat, what: str,
                  history: Sequence[tuple[str, str]] = ()) -> list[list[float]]:
-        return score_grid(self.model, self.scored(items, fmt, history), self.scorer(fmt),
-                          batch_size=self.config.batch_size, progress=self.progress, what=what).baseline
+        return score_pushes(self.model, self.scored(items, fmt, history), self.scorer(fmt), {},
+                            batch_size=self.config.batch_size, progress=self.progress, what=what).baseline
 
-    def steered(self, items: Sequence[MCItem], fmt: TaskFormat, vector: SteeringVector, layer: int,
-                strength: float, what: str, history: Sequence[tuple[str, str]] = ()) -> list[list[float]]:
-        return score_grid(self.model, self.scored(items, fmt, history), self.scorer(fmt), vector, [layer],
-                          [strength], batch_size=self.config.batch_size, progress=self.progress,
-                          what=what).grid[(layer, float(strength))]
+    def pushed(self, items: Sequence[MCItem], fmt: TaskFormat, layer: int, pushes: torch.Tensor, what: str,
+               history: Sequence[tuple[str, str]] = ()) -> list[list[int]]:
+        """Predicted choices under each row of ``pushes`` added at ``layer``."""
+        result = score_pushes(self.model, self.scored(items, fmt, history), self.scorer(fmt), {layer: pushes},
+                              batch_size=self.config.batch_size, progress=self.progress, what=what)
+        return [argmax_choices(scores) for scores in result.steered[layer]]
 
-    def splits(self, seed: int) -> Any:
+    def splits(self, seed: int) -> Splits:
         shuffled = [shuffle_choices(item, seed) for item in self.items]
         c = self.config
         return split_items(shuffled, c.n_train, c.n_val, c.n_test, seed)
@@ -167,71 +205,7 @@ class _Runner:
         return {"letters_agreement": agree, "letters_train_accuracy": mean(correctness(forward, sample)),
                 "likelihood_train_accuracy": _accuracy(likelihood, sample), "chosen": chosen, "reason": reason}
 
-    def sweep(self, seed: int, method: str, vector: SteeringVector, val: Sequence[MCItem],
-              fmt: TaskFormat) -> dict[tuple[int, float], float]:
-        correct: dict[tuple[int, float], list[float]] = {}
-        scored = self.scored(val, fmt)
-        for start in range(0, len(val), SWEEP_BLOCK):
-            block = scored[start:start + SWEEP_BLOCK]
-
-            def compute(block: list[ScoredItem] = block, start: int = start) -> list[list[Any]]:
-                grid = score_grid(self.model, block, self.scorer(fmt), vector, self.layers,
-                                  self.config.strengths, batch_size=self.config.batch_size,
-                                  what=f"seed {seed} {method}: sweep items {start + 1}-{start + len(block)}").grid
-                return [[layer, strength, argmax_choices(scores)] for (layer, strength), scores in grid.items()]
-
-            rows, seconds = self.store.json(self.key(seed, method, "sweep", start), compute)
-            self.time("sweep", seconds)
-            for layer, strength, predicted in rows:
-                correct.setdefault((layer, float(strength)), []).extend(
-                    correctness(predicted, val[start:start + len(predicted)]))
-            self.progress(min(start + SWEEP_BLOCK, len(val)), len(val), f"seed {seed} {method}: sweep")
-        return {point: mean(values) for point, values in correct.items()}
-
-    def run(self) -> RunResult:
-        c = self.config
-        seeds = [c.seed + k for k in range(c.seeds)]
-        first = self.splits(seeds[0])
-        if c.scoring == "auto":
-            check, seconds = self.store.json(self.key("scoring-check", CHECK_ITEMS),
-                                             lambda: self.scoring_check(first.train))
-            self.time("scoring_check", seconds)
-        elif c.scoring in ("letters", "likelihood"):
-            check = {"chosen": c.scoring, "reason": "set by --scoring"}
-        else:
-            raise ConfigError(f"unknown scoring '{c.scoring}'; choose auto, letters or likelihood")
-        fmt = self.fmt(check["chosen"])
-        per_method: dict[str, dict[str, Any]] = {m: {"per_seed": []} for m in c.methods}
-        seed_rows: list[dict[str, Any]] = []
-        for seed in seeds:
-            seed_rows.append(self.run_seed(seed, fmt, per_method))
-        best = self.best(per_method)
-        rows = {row["seed"]: row for row in seed_rows}
-        for run in per_method[best]["per_seed"]:
-            row = rows[run["seed"]]
-            # The most expensive control (long in-context prompts), so only for the method reported on top.
-            scores, seconds = self.store.json(
-                self.key(row["seed"], best, "icl-steering", run["layer"], run["strength"]),
-                partial(self.steered, row["splits"].test, fmt, run["vector"], run["layer"], run["strength"],
-                        f"seed {row['seed']} {best}: ICL + steering", row["history"]))
-            self.time("controls", seconds)
-            run["icl_steering"] = correctness(argmax_choices(scores), row["splits"].test)
-        report = self.assemble(check, fmt, per_method, seed_rows, best)
-        # Phase times are stored with their results, so a resumed run reports the same numbers.
-        self.timings["total"] = sum(self.timings.values())
-        report["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-        vectors = {}
-        for method, details in report["methods"].items():
-            if "skipped" not in details:
-                chosen = per_method[method]["per_seed"][0]
-                vectors[method] = SteeringVector(
-                    {chosen["layer"]: chosen["vector"].layers[chosen["layer"]]},
-                    {**chosen["vector"].metadata, "layer": chosen["layer"], "strength": chosen["strength"],
-                     "task": self.config.task, "scoring": report["scoring"],
-                     "steer_positions": report["steer_positions"]})
-        return RunResult(report, vectors)
-
-    def run_seed(self, seed: int, fmt: TaskFormat, per_method: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def prepare_seed(self, seed: int, fmt: TaskFormat) -> _Seed:
         splits = self.splits(seed)
         base: dict[str, list[list[float]]] = {}
         for name in ("train", "val", "test"):
@@ -240,7 +214,6 @@ class _Runner:
                 self.key(seed, "baseline", name), partial(self.baseline, items, fmt, f"seed {seed}: unsteered {name}"))
             self.time("val_unsteered_pass" if name == "val" else "baseline", seconds)
         train_pred = argmax_choices(base["train"])
-        test_base = correctness(argmax_choices(base["test"]), splits.test)
         wrong = [i for i, p in zip(splits.train, train_pred, strict=True) if p != i.answer]
         right = [i for i, p in zip(splits.train, train_pred, strict=True) if p == i.answer]
         shots = random.Random(seed).sample(wrong, min(len(wrong), self.config.icl_k))
@@ -249,161 +222,182 @@ class _Runner:
         icl_scores, seconds = self.store.json(self.key(seed, "icl"), lambda: self.baseline(
             splits.test, fmt, f"seed {seed}: ICL test", history))
         self.time("controls", seconds)
-        icl = correctness(argmax_choices(icl_scores), splits.test)
-        row: dict[str, Any] = {"seed": seed, "splits": splits, "test_baseline": test_base, "history": history,
-                               "val_baseline": _accuracy(base["val"], splits.val), "icl": icl,
-                               "test_predicted": argmax_choices(base["test"])}
-        for method in self.config.methods:
-            problem = method_problem(method, splits.train, train_pred)
-            if problem:
-                per_method[method]["skipped"] = problem
-                continue
-            vector, seconds = self.store.vector(self.key(seed, method, "vector"), partial(
-                build_vector, self.model, self.tokenizer, method, splits.train, train_pred, self.layers,
-                style=fmt.style, scoring=fmt.scoring, batch_size=2 * self.config.batch_size, progress=self.progress))
-            self.time("vectors", seconds)
-            points = self.sweep(seed, method, vector, splits.val, fmt)
-            layer, strength = _pick(points)
-            test_scores, seconds = self.store.json(
-                self.key(seed, method, "test", layer, strength),
-                partial(self.steered, splits.test, fmt, vector, layer, strength, f"seed {seed} {method}: steered test"))
-            self.time("test", seconds)
-            steered_pred = argmax_choices(test_scores)
-            steered = correctness(steered_pred, splits.test)
-            random_control, seconds = self.store.json(
-                self.key(seed, method, "random-direction", layer, strength),
-                partial(self.random_direction, seed, method, vector, layer, strength, splits.test, fmt))
-            self.time("controls", seconds)
-            per_method[method]["per_seed"].append({
-                "seed": seed, "layer": layer, "strength": strength, "val_accuracy": points[(layer, strength)],
-                "baseline_test_accuracy": mean(test_base), "steered_test_accuracy": mean(steered),
-                **paired_delta(steered, test_base),
-                "random_direction": random_control,
-                "steered_correct": steered,
-                "sweep": [{"layer": lay, "strength": s, "val_accuracy": acc}
-                          for (lay, s), acc in sorted(points.items())],
-                "steered_predicted": steered_pred, "vector": vector,
-            })
-        return row
+        return _Seed(seed, splits, base, train_pred, history, correctness(argmax_choices(icl_scores), splits.test))
 
-    def random_direction(self, seed: int, method: str, vector: SteeringVector, layer: int, strength: float,
-                         test: Sequence[MCItem], fmt: TaskFormat) -> list[float]:
-        """Correctness on ``test`` steered by a random direction with the norm of ``vector`` at ``layer``."""
-        generator = torch.Generator().manual_seed(seed)
-        direction = torch.randn(vector.hidden_size, generator=generator)
-        random_vector = SteeringVector({layer: direction / direction.norm() * vector.layers[layer].norm()},
-                                       {"kind": "vector", "method": "random"})
-        random_scores = self.steered(test, fmt, random_vector, layer, strength, f"seed {seed} {method}: random control")
-        return correctness(argmax_choices(random_scores), test)
+    def sweep(self, row: _Seed, method: str, vector: SteeringVector, scoring: str) -> list[SweepCell]:
+        """Validation accuracy at every positions x layer x (+s, -s)."""
+        c, val = self.config, row.splits.val
+        strengths = list(c.strength_grid)
+        signs = torch.tensor([*strengths, *(-s for s in strengths)], dtype=torch.float32)[:, None]
+        cells: list[SweepCell] = []
+        for positions in c.positions_grid(scoring):
+            fmt = self.fmt(scoring, positions)
+            correct: dict[tuple[int, int], list[float]] = {}
+            scored = self.scored(val, fmt)
+            for start in range(0, len(val), SWEEP_BLOCK):
+                block = scored[start:start + SWEEP_BLOCK]
 
-    def best(self, per_method: dict[str, dict[str, Any]]) -> str:
-        """The method with the best mean validation accuracy at its chosen point (ties: the order given)."""
-        methods = self.config.methods
-        ran = [m for m in methods if per_method[m]["per_seed"]]
-        if not ran:
-            reasons = "; ".join(f"{m}: {per_method[m].get('skipped', 'did not run')}" for m in methods)
-            raise ConfigError(f"no method could run ({reasons})")
-        return max(ran, key=lambda m: (mean([r["val_accuracy"] for r in per_method[m]["per_seed"]]),
-                                       -methods.index(m)))
+                def compute(block: list[ScoredItem] = block, fmt: TaskFormat = fmt) -> list[list[Any]]:
+                    pushes = {layer: signs * vector.layers[layer] for layer in self.layers}
+                    result = score_pushes(self.model, block, self.scorer(fmt), pushes,
+                                          batch_size=self.config.batch_size)
+                    return [[layer, k, argmax_choices(scores)] for layer, per_push in result.steered.items()
+                            for k, scores in enumerate(per_push)]
 
-    def assemble(self, check: dict[str, Any], fmt: TaskFormat, per_method: dict[str, dict[str, Any]],
-                 seed_rows: list[dict[str, Any]], best: str) -> dict[str, Any]:
+                rows, seconds = self.store.json(self.key(row.seed, method, "sweep", positions, start), compute)
+                self.time("sweep", seconds)
+                for layer, k, predicted in rows:
+                    if len(predicted) != len(block):
+                        raise ConfigError(f"stored sweep entry for items {start}.. has {len(predicted)} items, "
+                                          f"expected {len(block)}")
+                    correct.setdefault((layer, k), []).extend(correctness(predicted, val[start:start + len(block)]))
+                self.progress(min(start + SWEEP_BLOCK, len(val)), len(val),
+                              f"seed {row.seed} {method}: sweep ({positions})")
+            n = len(strengths)
+            cells += [SweepCell(positions, layer, strengths[k], mean(correct[(layer, k)]),
+                                mean(correct[(layer, k + n)])) for layer in self.layers for k in range(n)]
+        return cells
+
+    def test_point(self, row: _Seed, method: str, vector: SteeringVector, cell: SweepCell,
+                   scoring: str) -> list[list[int]]:
+        """Test predictions under +s v, -s v and K random directions of the same norm, at the chosen point."""
+        direction = vector.layers[cell.layer]
+        seed = int(fingerprint(row.seed, method, cell.layer, "random")[:8], 16)
+        pushes = torch.cat([direction[None], -direction[None],
+                            random_directions(self.config.random_directions, direction, seed)]) * cell.strength
+        return self.pushed(row.splits.test, self.fmt(scoring, cell.positions), cell.layer, pushes,
+                           f"seed {row.seed} {method}: test, vector and {self.config.random_directions} random")
+
+    def run_method(self, row: _Seed, method: str, scoring: str) -> _Chosen:
+        fmt = self.fmt(scoring)
+        raw, seconds = self.store.vector(self.key(row.seed, method, "vector"), partial(
+            build_vector, self.model, self.tokenizer, method, row.splits.train, row.train_predicted, self.layers,
+            style=fmt.style, scoring=fmt.scoring, batch_size=2 * self.config.batch_size, progress=self.progress))
+        self.time("vectors", seconds)
+        vector = in_unit(raw, self.config.unit)
+        cells = self.sweep(row, method, vector, scoring)
+        val_baseline = _accuracy(row.baseline["val"], row.splits.val)
+        cell, score = choose(cells, val_baseline, self.config.select, self.config.positions_grid(scoring))
+        predicted, seconds = self.store.json(
+            self.key(row.seed, method, "test", cell.positions, cell.layer, cell.strength),
+            partial(self.test_point, row, method, vector, cell, scoring))
+        self.time("test", seconds)
+        test = row.splits.test
+        arms = [correctness(p, test) for p in predicted]
+        random_acc = [mean(a) for a in arms[2:]]
+        rank, p_value = rank_p_value(mean(arms[0]), random_acc)
+        outcome = SeedOutcome(
+            seed=row.seed, positions=cell.positions, layer=cell.layer, strength=cell.strength,
+            added_norm=float(vector.layers[cell.layer].norm()) * abs(cell.strength), val_baseline=val_baseline,
+            val_accuracy=cell.val_accuracy, val_negated=cell.negated_val_accuracy, test_ids=[i.id for i in test],
+            baseline=row.test_baseline, steered=arms[0], negated=arms[1], random=arms[2:], rank=rank,
+            p_value=p_value)
+        return _Chosen(outcome, cell, vector, cells, score)
+
+    def icl_steering(self, row: _Seed, method: str, chosen: _Chosen, scoring: str) -> list[float]:
+        o = chosen.outcome
+        fmt = self.fmt(scoring, chosen.cell.positions)
+        predicted, seconds = self.store.json(
+            self.key(row.seed, method, "icl-steering", o.positions, o.layer, o.strength),
+            partial(self.pushed, row.splits.test, fmt, o.layer, chosen.vector.layers[o.layer][None] * o.strength,
+                    f"seed {row.seed} {method}: ICL + steering", row.history))
+        self.time("controls", seconds)
+        return correctness(predicted[0], row.splits.test)
+
+    def run(self) -> RunResult:
         c = self.config
-        rows = {row["seed"]: row for row in seed_rows}
+        seeds = [c.seed + k for k in range(c.seeds)]
+        if c.scoring == "auto":
+            check, seconds = self.store.json(self.key("scoring-check"),
+                                             lambda: self.scoring_check(self.splits(seeds[0]).train))
+            self.time("scoring_check", seconds)
+        else:
+            check = {"chosen": c.scoring, "reason": "set by --scoring"}
+        scoring = check["chosen"]
+        fmt = self.fmt(scoring)
+        rows = [self.prepare_seed(seed, fmt) for seed in seeds]
+        chosen: dict[str, list[_Chosen]] = {}
+        skipped: dict[str, str] = {}
+        for row in rows:
+            for method in c.methods:
+                problem = method_problem(method, row.splits.train, row.train_predicted)
+                if problem:
+                    skipped[method] = f"seed {row.seed}: {problem}"
+                    continue
+                chosen.setdefault(method, []).append(self.run_method(row, method, scoring))
+        ran = [m for m in c.methods if m in chosen and m not in skipped]
+        if not ran:
+            reasons = "; ".join(f"{m}: {skipped.get(m, 'did not run')}" for m in c.methods)
+            raise ConfigError(f"no method could run on every seed ({reasons})")
+        best = max(ran, key=lambda m: (mean([x.score for x in chosen[m]]), -c.methods.index(m)))
+        results = {m: self.summarise(m, chosen[m]) for m in ran}
+        icl_steered = [self.icl_steering(row, best, x, scoring) for row, x in zip(rows, chosen[best], strict=True)]
+        results[best] = replace(results[best], icl_steering=paired_bootstrap(
+            [[a - b for a, b in zip(s, row.test_baseline, strict=True)] for s, row in zip(icl_steered, rows,
+                                                                                          strict=True)]),
+            icl_steering_accuracy=mean([mean(s) for s in icl_steered]))
+        report = self.report(check, scoring, rows, results, skipped, best)
+        vectors = {m: self.exported(chosen[m][0]) for m in ran}
+        return RunResult(report, vectors)
 
-        def summary(deltas: list[float], per_item: dict[str, object]) -> dict[str, Any]:
-            if len(deltas) > 1:
-                return {"delta": mean(deltas), "delta_ci95": list(t_interval(deltas))}
-            return dict(per_item)
+    def summarise(self, method: str, runs: list[_Chosen]) -> MethodResult:
+        outcomes = [r.outcome for r in runs]
 
-        def control(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
-            """A control's accuracy and its paired difference from the unsteered model, over the seeds it ran."""
-            values_per_seed = [run[key] for run in runs]
-            deltas = [paired_delta(run[key], rows[run["seed"]]["test_baseline"]) for run in runs]
-            return {"test_accuracy": mean([mean(v) for v in values_per_seed]),
-                    **summary([float(d["delta"]) for d in deltas], deltas[0])}  # type: ignore[arg-type]
+        def diffs(a: str, b: str | None = None) -> list[list[float]]:
+            def arm(o: SeedOutcome, name: str) -> list[float]:
+                return o.random_mean if name == "random" else list(getattr(o, name))
+            return [[x - y for x, y in zip(arm(o, a), arm(o, b or "baseline"), strict=True)] for o in outcomes]
 
-        methods: dict[str, dict[str, Any]] = {}
-        for name, data in per_method.items():
-            runs = data["per_seed"]
-            if not runs:
-                methods[name] = {"skipped": data.get("skipped", "did not run")}
-                continue
-            first_run = runs[0]
-            vs_random = [paired_delta(r["steered_correct"], r["random_direction"]) for r in runs]
-            methods[name] = {
-                "layer": first_run["layer"], "strength": first_run["strength"],
-                "val_accuracy": mean([r["val_accuracy"] for r in runs]),
-                "baseline_test_accuracy": mean([r["baseline_test_accuracy"] for r in runs]),
-                "steered_test_accuracy": mean([r["steered_test_accuracy"] for r in runs]),
-                **summary([r["delta"] for r in runs], {"delta": first_run["delta"],
-                                                        "delta_ci95": first_run["delta_ci95"]}),
-                "controls": {"random_direction": {
-                    **control(runs, "random_direction"),
-                    "steered_minus_random": summary(
-                        [float(d["delta"]) for d in vs_random], vs_random[0])}},  # type: ignore[arg-type]
-                "per_seed": [{k: r[k] for k in ("seed", "layer", "strength", "val_accuracy", "baseline_test_accuracy",
-                                                "steered_test_accuracy", "delta", "delta_ci95")} for r in runs],
-                "sweep": first_run["sweep"],
-            }
-            if len(runs) < len(seed_rows):
-                methods[name]["skipped_seeds"] = data.get("skipped")
-        chosen = methods[best]
-        chosen["controls"]["icl_steering"] = {"k": c.icl_k, **control(per_method[best]["per_seed"], "icl_steering")}
-        row0 = seed_rows[0]
-        test0 = row0["splits"].test
-        width = max(len(i.choices) for i in test0)
+        delta, gain = paired_bootstrap(diffs("steered")), paired_bootstrap(diffs("steered", "random"))
+        pooled_random = [mean([mean(o.random[k]) for o in outcomes]) for k in range(self.config.random_directions)]
+        rank, p_value = rank_p_value(mean([mean(o.steered) for o in outcomes]), pooled_random)
+        return MethodResult(
+            method=method, seeds=outcomes, delta=delta, directional_gain=gain,
+            negated_delta=paired_bootstrap(diffs("negated")), random_delta=paired_bootstrap(diffs("random")),
+            rank=rank, p_value=p_value, random_directions=self.config.random_directions,
+            verdict=verdict(delta, gain), selection_score=mean([r.score for r in runs]), sweep=runs[0].cells)
+
+    def exported(self, run: _Chosen) -> SteeringVector:
+        o = run.outcome
+        recipe = Recipe((o.layer,), o.strength, self.config.unit, run.cell.positions)
+        vector = run.vector.with_recipe(recipe)
+        return SteeringVector(vector.layers, {**vector.metadata, "task": self.config.task, "seed": o.seed,
+                                              "selected_by": self.config.select})
+
+    def report(self, check: dict[str, Any], scoring: str, rows: list[_Seed], results: dict[str, MethodResult],
+               skipped: dict[str, str], best: str) -> RunReport:
+        c = self.config
+        first = rows[0]
+        test0 = first.splits.test
+        icl = paired_bootstrap([[a - b for a, b in zip(r.icl, r.test_baseline, strict=True)] for r in rows])
         controls: dict[str, Any] = {
             "constant_letter": constant_letter(test0),
-            "random_direction": chosen["controls"]["random_direction"],
-            "icl": {"k": c.icl_k, **control(seed_rows, "icl")},
-            "icl_steering": chosen["controls"]["icl_steering"],
+            "icl": {"k": c.icl_k, "test_accuracy": mean([mean(r.icl) for r in rows]), **asdict(icl)},
         }
-        if fmt.scoring == "likelihood":
-            scored = [scored_item(self.tokenizer, item, fmt) for item in test0]
+        if scoring == "likelihood":
+            scored = self.scored(test0, self.fmt(scoring))
             lengths = [[len(chunk) - 1 - start for chunk, start in zip(s.chunks, s.score_from, strict=True)]
                        for s in scored]
             controls["shortest_answer"] = shortest_answer(lengths, test0)
-        report: dict[str, Any] = {
-            "steerlab_version": __version__,
-            "model": model_name(self.model),
-            "task": c.task,
-            "method": best,
-            "methods_run": list(c.methods),
-            "scoring": fmt.scoring,
-            "scoring_check": check,
-            "steer_positions": "all" if fmt.steer_all else ("last-token" if fmt.scoring == "letters" else "answer"),
-            "layer": chosen["layer"],
-            "strength": chosen["strength"],
-            "n_train": c.n_train, "n_val": c.n_val, "n_test": c.n_test, "seeds": c.seeds, "seed": c.seed,
-            "baseline": {"test_accuracy": chosen["baseline_test_accuracy"],
-                         "val_accuracy": mean([r["val_baseline"] for r in seed_rows])},
-            "steered": {"test_accuracy": chosen["steered_test_accuracy"], "val_accuracy": chosen["val_accuracy"]},
-            "delta": chosen["delta"],
-            "delta_ci95": chosen["delta_ci95"],
-            "ci_method": "t-interval over seeds" if c.seeds > 1 else "paired t-interval over test items",
-            "controls": controls,
-            "letters": {
-                "correct": letter_counts([i.answer for i in test0], width),
-                "predicted_baseline": letter_counts(row0["test_predicted"], width),
-                "predicted_steered": letter_counts(per_method[best]["per_seed"][0]["steered_predicted"], width),
-            },
-            "per_item": {  # seed 0 test split, chosen method: what the paired interval is computed from
-                "ids": [i.id for i in test0],
-                "baseline_correct": row0["test_baseline"],
-                "steered_correct": correctness(per_method[best]["per_seed"][0]["steered_predicted"], test0),
-            },
-            "grid": {"layers": self.layers, "strengths": list(c.strengths)},
-            "sweep": chosen["sweep"],
-            "methods": methods,
-        }
-        return report
+        width = max(len(i.choices) for i in test0)
+        letters = {"correct": letter_counts([i.answer for i in test0], width),
+                   "predicted_baseline": letter_counts(argmax_choices(first.baseline["test"]), width)}
+        # Phase times are stored with their results, so a resumed run reports the same numbers.
+        self.timings["total"] = sum(self.timings.values())
+        return RunReport(
+            steerlab_version=__version__, model=self.identity, task=c.task,
+            config={**asdict(c), "strength_grid": list(c.strength_grid), "layers": self.layers},
+            scoring=scoring, scoring_check=check, unit=c.unit, method=best, methods=results, skipped=skipped,
+            controls=controls, letters=letters,
+            grid={"positions": list(c.positions_grid(scoring)), "layers": self.layers,
+                  "strengths": list(c.strength_grid)},
+            timings=dict(self.timings))
 
 
 @dataclass
 class RunResult:
-    report: dict[str, Any]
-    vectors: dict[str, SteeringVector]  # each method's vector at its chosen layer; metadata holds layer and strength
+    report: RunReport
+    vectors: dict[str, SteeringVector]  # each method's vector at its chosen layer, its recipe in the metadata
 
 
 def run_task(
@@ -415,7 +409,7 @@ def run_task(
     out_dir: str | Path | None = None,
     progress: Progress = silent,
 ) -> RunResult:
-    """Run PAS on ``items``: the report, and each method's vector at its chosen layer and strength.
+    """Run PAS on ``items``: the typed report, and each method's vector with its recipe (from the first seed).
 
     With ``out_dir``, finished pieces are kept in ``out_dir/.steerlab-cache`` and reused by a later identical run.
     """

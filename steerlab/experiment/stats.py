@@ -1,11 +1,14 @@
-"""Test-split statistics: accuracies, paired differences with confidence intervals, constant-answer controls."""
+"""Test-split statistics: accuracies, paired differences with bootstrap intervals, ranks among random directions,
+constant-answer controls."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
 
 from steerlab.data.items import MCItem
@@ -61,3 +64,54 @@ def shortest_answer(answer_lengths: Sequence[Sequence[int]], items: Sequence[MCI
     """
     picks = [min(range(len(lengths)), key=lambda k: (lengths[k], k)) for lengths in answer_lengths]
     return {"accuracy": mean(correctness(picks, items))}
+
+
+BOOTSTRAP_DRAWS = 4000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95% interval (``low``/``high`` None when it cannot be computed)."""
+
+    value: float
+    low: float | None
+    high: float | None
+
+    @property
+    def excludes_zero(self) -> int:
+        """+1 when the interval lies above 0, -1 when below, 0 when it contains 0 or is missing."""
+        if self.low is None or self.high is None:
+            return 0
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+
+def paired_bootstrap(differences: Sequence[Sequence[float]], *, draws: int = BOOTSTRAP_DRAWS,
+                     seed: int = BOOTSTRAP_SEED) -> Estimate:
+    """Mean per-item difference over seeds, with a percentile interval from a two-level bootstrap.
+
+    ``differences[s][i]`` is item ``i``'s paired difference under seed ``s``. The seeds are re-splits of one pool,
+    not independent samples, so both levels are resampled: seeds with replacement, then items within each drawn
+    seed. One seed reduces to the ordinary paired bootstrap over items. Deterministic for a given ``seed``.
+    """
+    per_seed = [np.asarray(d, dtype=np.float64) for d in differences if len(d)]
+    if not per_seed:
+        return Estimate(float("nan"), None, None)
+    value = float(np.mean([d.mean() for d in per_seed]))
+    if all(len(d) < 2 for d in per_seed) and len(per_seed) < 2:
+        return Estimate(value, None, None)
+    rng = np.random.default_rng(seed)
+    # Each seed's bootstrap means, then seeds drawn with replacement for every draw.
+    means = np.stack([d[rng.integers(0, len(d), size=(draws, len(d)))].mean(axis=1) for d in per_seed])
+    picked = rng.integers(0, len(per_seed), size=(draws, len(per_seed)))
+    totals = means[picked, np.arange(draws)[:, None]].mean(axis=1)
+    low, high = np.percentile(totals, [2.5, 97.5])
+    return Estimate(value, float(low), float(high))
+
+
+def rank_p_value(real: float, random: Sequence[float]) -> tuple[int, float]:
+    """The real vector's rank among random directions (1 = best; ties counted against it) and the permutation
+    p-value (1 + #random at least as good) / (1 + #random): the chance a random direction of the same norm would
+    rank as high."""
+    as_good = sum(1 for r in random if r >= real)
+    return 1 + as_good, (1 + as_good) / (1 + len(random))

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerlab.core.positions import Positions, check_positions
 from steerlab.core.vector import SteeringVector
 from steerlab.data.items import ContrastPair, MCItem
 from steerlab.data.prompts import (
@@ -54,18 +55,26 @@ class TaskFormat:
     scoring: Scoring = "likelihood"
     style: PromptStyle = PromptStyle()
     length_normalize: bool = False
-    steer_all: bool = False  # False: last prompt token (letters) or the answer-predicting tokens (likelihood)
+    positions: Positions = "answer"
+
+    def __post_init__(self) -> None:
+        check_positions(self.positions)
 
 
 def scored_item(tokenizer: PreTrainedTokenizerBase, item: MCItem, fmt: TaskFormat,
                 history: Sequence[tuple[str, str]] = ()) -> ScoredItem:
-    """Tokenise ``item`` for :func:`steerlab.runtime.sweep.score_grid`; ``history`` prepends in-context examples."""
+    """Tokenise ``item`` for :func:`steerlab.runtime.sweep.score_pushes`; ``history`` prepends in-context examples.
+
+    The unsteered prefix and the steered chunks follow ``fmt.positions``. Under letter scoring the answer is the
+    letter predicted at the last prompt token, so ``answer`` and ``last_prompt`` coincide, as do ``prompt`` and
+    ``all``.
+    """
     templated = fmt.style.templated(tokenizer)
     if fmt.scoring == "letters":
         prompt = encode(tokenizer, fmt.style.render(tokenizer, lettered_prompt(item.question, item.choices,
                                                                                 item.context), history),
                         templated=templated)
-        if fmt.steer_all:
+        if fmt.positions in ("prompt", "all"):
             return ScoredItem((), (tuple(prompt),))
         return ScoredItem(tuple(prompt[:-1]), ((prompt[-1],),))
     head = fmt.style.render(tokenizer, question_text(item.question, item.context), history)
@@ -74,11 +83,12 @@ def scored_item(tokenizer: PreTrainedTokenizerBase, item: MCItem, fmt: TaskForma
     if any(q != question for q, _ in continuations) or any(not answer for _, answer in continuations):
         question = encode(tokenizer, head, templated=templated)
         continuations = [(question, encode(tokenizer, choice, templated=False)) for choice in item.choices]
-    if fmt.steer_all:
+    if fmt.positions in ("prompt", "all"):
         return ScoredItem((), tuple(tuple(question + a) for _, a in continuations),
-                          tuple(len(question) - 1 for _ in continuations))
+                          tuple(len(question) - 1 for _ in continuations),
+                          len(question) if fmt.positions == "prompt" else None)
     return ScoredItem(tuple(question[:-1]), tuple((question[-1], *a) for _, a in continuations),
-                      tuple(0 for _ in continuations))
+                      tuple(0 for _ in continuations), 1 if fmt.positions == "last_prompt" else None)
 
 
 def icl_history(items: Sequence[MCItem], fmt: TaskFormat) -> list[tuple[str, str]]:
@@ -159,6 +169,8 @@ def build_vector(
     positive, negative = vector_groups(method, tokenizer, items, predicted, style, scoring)
     acts = extract(model, positive + (negative or []), layers, batch_size=batch_size, progress=progress)
     directions = {}
+    # The typical size of the residual stream where the vector is read: relative strengths are in this unit.
+    residual_norms = {str(layer): float(acts[layer].norm(dim=-1).mean()) for layer in layers}
     for layer in layers:
         if negative is None:
             directions[layer] = mean_difference(acts[layer][0::2], acts[layer][1::2])
@@ -172,6 +184,7 @@ def build_vector(
         "token": "diff" if method == "caa" else "last",
         "normalized": False,
         "settings": {"train_items": len(items), "chat_template": style.templated(tokenizer), "scoring": scoring},
+        "residual_norms": residual_norms,
     }
     metadata.update(extra_metadata or {})
     return SteeringVector(directions, metadata)

@@ -5,7 +5,7 @@ Example::
     from steerlab import load_model, generate, SteeringVector
     model, tok = load_model()
     vector = SteeringVector.load("v.safetensors")
-    print(generate(model, tok, ["Tell me about yourself."], steering=vector, strength=4.0, max_new_tokens=40))
+    print(generate(model, tok, ["Tell me about yourself."], steering=vector, max_new_tokens=40))
 """
 
 from __future__ import annotations
@@ -29,20 +29,27 @@ def generate(
     max_new_tokens: int = 64,
     style: PromptStyle = PromptStyle(),
     steering: Steering | None = None,
-    strength: float = 1.0,
+    strength: float | None = None,
     layers: Iterable[int] | None = None,
-    positions: str = "all",
+    positions: str | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
     use_cache: bool = True,
 ) -> list[str]:
-    """Responses to ``prompts`` (user messages, chat-formatted when the model has a template), new text only."""
+    """Responses to ``prompts`` (user messages, chat-formatted when the model has a template), new text only.
+
+    A vector with a recipe is applied as it was selected unless ``strength``, ``layers`` or ``positions`` say
+    otherwise (see :func:`steerlab.steer`). The tokenizer's padding side and the global RNG are left as they were.
+    """
     texts = [style.render(tokenizer, prompt) for prompt in prompts]
+    side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not style.templated(tokenizer))
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not style.templated(tokenizer))
+    finally:
+        tokenizer.padding_side = side
     batch = batch.to(next(model.parameters()).device)
-    torch.manual_seed(seed)
     kwargs = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
@@ -54,7 +61,8 @@ def generate(
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     generator = cast(Callable[..., torch.Tensor], model.generate)  # nn.Module types attributes as Tensor | Module
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
         if steering is None:
             out = generator(**batch, **kwargs)
         else:

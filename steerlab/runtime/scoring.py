@@ -4,8 +4,8 @@ Both functions run the model as it is: steer it around the call (``with steer(..
 
 Choice likelihood computes each question once: the question minus its last token goes through the model once and
 its KV cache is shared by every choice; each choice then runs ``[last question token] + choice tokens``, whose
-logits predict exactly the choice's tokens. Steering with ``positions="generated"`` therefore covers precisely the
-tokens that predict the answer, and ``positions="all"`` covers the whole text.
+logits predict exactly the choice's tokens. Steer around it with ``positions="all"``; to steer only the tokens that
+predict the answer, use :func:`steerlab.runtime.sweep.score_pushes`, which knows where each answer starts.
 """
 
 from __future__ import annotations

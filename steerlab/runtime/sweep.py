@@ -16,7 +16,7 @@ cost: with last-token steering a grid point costs one token through the layers a
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -46,6 +46,7 @@ class ScoredItem:
     prefix: tuple[int, ...]
     chunks: tuple[tuple[int, ...], ...]
     score_from: tuple[int, ...] = ()
+    steered_length: int | None = None  # steer only the first this many positions of each chunk; None: all
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,14 @@ class Scorer:
     @property
     def letters(self) -> bool:
         return self.letter_ids is not None
+
+
+@dataclass
+class PushScores:
+    """Per-item choice scores: unsteered, and for each layer one list per push (row of the pushes tensor)."""
+
+    baseline: list[list[float]]
+    steered: dict[int, list[list[list[float]]]]
 
 
 @dataclass
@@ -134,8 +143,8 @@ def _shared_prefix(model: nn.Module, items: Sequence[ScoredItem]) -> _Shared:
 
 
 @torch.no_grad()
-def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector: SteeringVector | None,
-           layers: Sequence[int], strengths: Sequence[float], pad: int, shared: _Shared) -> GridScores:
+def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, pushes: Mapping[int, torch.Tensor],
+           pad: int, shared: _Shared) -> PushScores:
     device = next(model.parameters()).device
     base = base_model(model)
     counts = [len(item.chunks) for item in items]
@@ -172,9 +181,14 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
     chunk_mask = torch.zeros_like(ids)
-    for row, chunk in enumerate(rows):
-        ids[row, : len(chunk)] = torch.tensor(chunk, device=device)
-        chunk_mask[row, : len(chunk)] = 1
+    steered = torch.zeros((len(rows), width, 1), device=device)
+    row = 0
+    for item in items:
+        for chunk in item.chunks:
+            ids[row, : len(chunk)] = torch.tensor(chunk, device=device)
+            chunk_mask[row, : len(chunk)] = 1
+            steered[row, : item.steered_length or len(chunk)] = 1.0
+            row += 1
     mask = torch.cat([prefix_mask, chunk_mask], dim=1)
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
     pristine = copy.deepcopy(cache) if cache is not None else None
@@ -183,22 +197,21 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
              use_cache=cache is not None)
     last = num_layers(model) - 1
     baseline = _group(_scores(model, recording.outputs[last], rows, starts, scorer), counts, scorer.letters)
-    grid: dict[tuple[int, float], list[list[float]]] = {}
-    if vector is None or not layers or not strengths:
-        return GridScores(baseline, grid)
-    repeat = len(strengths)
-    replay_cache = expanded_cache(pristine, repeat) if pristine is not None else None
-    # A sliding-window cache layer cannot be cropped once its window is full: such layers are copied back instead.
-    template = {k: copy.deepcopy(above) for k, above in enumerate(replay_cache.layers)
-                if getattr(above, "is_sliding", False)} if replay_cache is not None else {}
-    scale = torch.tensor(list(strengths), device=device)
-    expanded_rows = [r for r in rows for _ in range(repeat)]
-    expanded_starts = [s for s in starts for _ in range(repeat)]
-    for layer in layers:
+    steered_scores: dict[int, list[list[list[float]]]] = {}
+    if not pushes:
+        return PushScores(baseline, steered_scores)
+    replay_caches: dict[int, Cache | None] = {}
+    for layer, additions in sorted(pushes.items()):
+        repeat = additions.shape[0]
+        if repeat not in replay_caches:
+            replay_caches[repeat] = expanded_cache(pristine, repeat) if pristine is not None else None
+        replay_cache = replay_caches[repeat]
+        # A sliding-window cache layer cannot be cropped once its window is full: such layers are copied back.
+        template = {k: copy.deepcopy(above) for k, above in enumerate(replay_cache.layers)
+                    if getattr(above, "is_sliding", False)} if replay_cache is not None else {}
         out = recording.outputs[layer]
-        hidden = out.repeat_interleave(repeat, dim=0)
-        add = scale.view(1, repeat, 1, 1) * vector.layers[layer].to(device=out.device, dtype=out.dtype)
-        hidden = (hidden.view(len(rows), repeat, *out.shape[1:]) + add.to(out.dtype)).view_as(hidden)
+        add = additions.to(device=out.device, dtype=out.dtype).view(1, repeat, 1, -1) * steered[:, None].to(out.dtype)
+        hidden = (out[:, None] + add).reshape(len(rows) * repeat, *out.shape[1:])
         final = hidden if layer == last else run_above(model, recording, layer, hidden, repeat=repeat,
                                                        cache=replay_cache)
         if replay_cache is not None:
@@ -207,10 +220,42 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, vector
                     replay_cache.layers[k] = copy.deepcopy(template[k])
                 else:  # drop the replayed chunk, keep the shared prefix
                     cast(DynamicLayer, replay_cache.layers[k]).crop(-width)
-        flat = _scores(model, final, expanded_rows, expanded_starts, scorer)
-        for k, strength in enumerate(strengths):
-            grid[(layer, float(strength))] = _group(flat[k::repeat], counts, scorer.letters)
-    return GridScores(baseline, grid)
+        flat = _scores(model, final, [r for r in rows for _ in range(repeat)],
+                       [s for s in starts for _ in range(repeat)], scorer)
+        steered_scores[layer] = [_group(flat[k::repeat], counts, scorer.letters) for k in range(repeat)]
+    return PushScores(baseline, steered_scores)
+
+
+def score_pushes(
+    model: nn.Module,
+    items: Sequence[ScoredItem],
+    scorer: Scorer,
+    pushes: Mapping[int, torch.Tensor],
+    *,
+    batch_size: int = 8,
+    progress: Progress = silent,
+    what: str = "sweep",
+) -> PushScores:
+    """Unsteered scores of ``items``, and their scores with each row of ``pushes[layer]`` added at ``layer``.
+
+    ``pushes[layer]`` is a (P, hidden) tensor: P additions to block ``layer``'s output, each on the steered positions
+    of every chunk, all replayed in one batch. Strengths, negated vectors and random directions are all just rows.
+    """
+    for layer, additions in pushes.items():
+        if additions.ndim != 2 or additions.shape[0] == 0:
+            raise ConfigError(f"pushes at layer {layer} must be a non-empty (P, hidden) tensor, got "
+                              f"{tuple(additions.shape)}")
+    pad = _pad_id(model)
+    result = PushScores([], {layer: [[] for _ in range(int(p.shape[0]))] for layer, p in pushes.items()})
+    shared = _shared_prefix(model, items)
+    for start in range(0, len(items), batch_size):
+        part = _batch(model, items[start:start + batch_size], scorer, pushes, pad, shared)
+        result.baseline.extend(part.baseline)
+        for layer, per_push in part.steered.items():
+            for k, scores in enumerate(per_push):
+                result.steered[layer][k].extend(scores)
+        progress(min(start + batch_size, len(items)), len(items), what)
+    return result
 
 
 def score_grid(
@@ -226,20 +271,17 @@ def score_grid(
     what: str = "sweep",
 ) -> GridScores:
     """Unsteered scores of ``items`` and their scores steered at every layer x strength (none if no vector)."""
-    if vector is not None:
+    pushes: dict[int, torch.Tensor] = {}
+    if vector is not None and strengths:
         missing = [layer for layer in layers if layer not in vector.layers]
         if missing:
             raise ConfigError(f"the vector has no direction at layer(s) {missing}")
-    pad = _pad_id(model)
-    result = GridScores([], {})
-    shared = _shared_prefix(model, items)
-    for start in range(0, len(items), batch_size):
-        part = _batch(model, items[start:start + batch_size], scorer, vector, layers, strengths, pad, shared)
-        result.baseline.extend(part.baseline)
-        for key, scores in part.grid.items():
-            result.grid.setdefault(key, []).extend(scores)
-        progress(min(start + batch_size, len(items)), len(items), what)
-    return result
+        # strength * vector in the vector's dtype, as the steering hook computes it
+        pushes = {layer: torch.tensor([float(s) for s in strengths], dtype=vector.layers[layer].dtype)[:, None]
+                  * vector.layers[layer] for layer in layers}
+    result = score_pushes(model, items, scorer, pushes, batch_size=batch_size, progress=progress, what=what)
+    grid = {(layer, float(s)): result.steered[layer][k] for layer in pushes for k, s in enumerate(strengths)}
+    return GridScores(result.baseline, grid)
 
 
 def predictions(scores: Sequence[Sequence[float]]) -> list[int]:

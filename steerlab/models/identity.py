@@ -1,0 +1,42 @@
+"""What makes two loaded models the same for a cached result: weights, dtype, tokenizer and chat template.
+
+A model's name is not enough: the embedded model and a hub download share one, and a resumed run after an upgrade
+or a fine-tune must not reuse work computed on other weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from steerlab.models.architectures import model_name
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A hash of every parameter and buffer: names, shapes, dtypes and bytes (about 1 s per 500 MB)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            flat = tensor.detach().to("cpu").contiguous().view(-1)
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the vocabulary, the special tokens, the padding side and the chat template."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    parts: list[Any] = [vocab, tokenizer.all_special_tokens, tokenizer.padding_side,
+                        getattr(tokenizer, "chat_template", None), type(tokenizer).__name__]
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+def model_identity(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """Everything about the model and tokenizer that changes a result, for store keys."""
+    dtype = next(model.parameters()).dtype
+    return {"model": model_name(model), "dtype": str(dtype), "weights": weights_digest(model),
+            "tokenizer": tokenizer_digest(tokenizer)}

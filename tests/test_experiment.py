@@ -1,0 +1,198 @@
+"""The ``steerlab run`` job on a tiny model: selection, controls, statistics, the recipe and the resumable store."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from conftest import build_model, build_tokenizer
+
+from steerlab.core.hooks import steer
+from steerlab.data.items import MCItem
+from steerlab.data.prompts import PromptStyle, encode, encode_continuation, lettered_prompt, question_text
+from steerlab.experiment import runner
+from steerlab.experiment.config import RunConfig
+from steerlab.experiment.results import SweepCell, verdict
+from steerlab.experiment.stats import Estimate, paired_bootstrap, rank_p_value
+from steerlab.experiment.store import Store
+from steerlab.methods.pas import build_vector
+from steerlab.runtime.extract import extract, single
+from steerlab.runtime.scoring import letter_logprobs, letter_token_ids
+
+WORDS = [f"w{i}" for i in range(11, 60)]
+
+
+def toy_items(n: int = 40, seed: int = 0) -> list[MCItem]:
+    rng = random.Random(seed)
+    return [MCItem(f"i{k}", " ".join(rng.choice(WORDS) for _ in range(4)),
+                   tuple(" ".join(rng.choice(WORDS) for _ in range(2)) for _ in range(2)), k % 2)
+            for k in range(n)]
+
+
+def small_config(**changes: object) -> RunConfig:
+    settings: dict[str, object] = dict(task="toy", methods=("caa",), layers=(0, 1), strengths=(0.5, 2.0), n_train=12,
+                                       n_val=6, n_test=10, random_directions=4, icl_k=1, scoring="letters")
+    settings.update(changes)
+    return RunConfig(**settings)  # type: ignore[arg-type]
+
+
+# Selection rule, verdict and statistics on hand-made numbers
+
+
+def test_directional_rule_prefers_what_the_sign_decides_over_any_push() -> None:
+    cells = [
+        SweepCell("answer", 3, 4.0, 0.70, 0.68),  # both signs help: a disruption
+        SweepCell("answer", 3, 1.0, 0.60, 0.30),  # the sign decides: a direction
+        SweepCell("answer", 5, 1.0, 0.45, 0.10),  # directional but below the unsteered 0.5
+    ]
+    chosen, score = runner.choose(cells, 0.5, "directional", ["answer"])
+    assert chosen == cells[1] and score == pytest.approx(0.15)
+    assert runner.choose(cells, 0.5, "accuracy", ["answer"])[0] == cells[0]
+    tied = [SweepCell("answer", 3, 2.0, 0.6, 0.4), SweepCell("last_prompt", 3, 1.0, 0.6, 0.4),
+            SweepCell("answer", 1, 1.0, 0.6, 0.4)]
+    # ties: the smaller strength, then the earlier layer, then the earlier positions
+    assert runner.choose(tied, 0.5, "directional", ["last_prompt", "answer"])[0] == tied[2]
+
+
+def test_verdicts() -> None:
+    up, flat, down = Estimate(0.2, 0.05, 0.35), Estimate(0.0, -0.1, 0.1), Estimate(-0.2, -0.3, -0.1)
+    assert verdict(up, up) == "directional"
+    assert verdict(up, flat) == "disruption only"
+    assert verdict(flat, flat) == "no change"
+    assert verdict(down, flat) == "harmful"
+    assert verdict(flat, Estimate(0.1, None, None)) == "no change"
+
+
+def test_rank_and_permutation_p_value() -> None:
+    assert rank_p_value(0.8, [0.1, 0.2, 0.3]) == (1, 0.25)
+    assert rank_p_value(0.2, [0.1, 0.2, 0.3]) == (3, 0.75)  # a tie counts against the vector
+
+
+def test_paired_bootstrap_matches_the_normal_interval_and_is_deterministic() -> None:
+    rng = np.random.default_rng(5)
+    differences = rng.choice([-1.0, 0.0, 1.0], size=400, p=[0.2, 0.4, 0.4]).tolist()
+    estimate = paired_bootstrap([differences])
+    centre = float(np.mean(differences))
+    half = 1.96 * float(np.std(differences, ddof=1)) / math.sqrt(len(differences))
+    assert estimate.value == pytest.approx(centre)
+    assert estimate.low == pytest.approx(centre - half, abs=0.012)
+    assert estimate.high == pytest.approx(centre + half, abs=0.012)
+    assert paired_bootstrap([differences]) == estimate
+    # Seeds are resampled too: two seeds that disagree widen the interval beyond either seed's own.
+    one = paired_bootstrap([[0.5] * 50])
+    assert (one.low, one.high) == (0.5, 0.5)
+    both = paired_bootstrap([[0.5] * 50, [0.0] * 50])
+    assert both.value == 0.25 and both.low == 0.0 and both.high == 0.5
+
+
+# PAS vectors against a hand computation
+
+
+def test_ipas_vectors_are_the_hand_computed_mean_differences() -> None:
+    model, tok = build_model("llama"), build_tokenizer()
+    items = toy_items(8)
+    style = PromptStyle(chat=False)
+    predicted = [i.answer if k % 2 else 1 - i.answer for k, i in enumerate(items)]  # half right, half wrong
+
+    def answer_state(item: MCItem, choice: int) -> torch.Tensor:
+        # The last token of the question followed by this answer's text.
+        head = style.render(tok, question_text(item.question, item.context))
+        prompt, answer = encode_continuation(tok, head, item.choices[choice], templated=False)
+        return extract(model, [single(prompt + answer)], [1])[1][0]
+
+    right = [answer_state(i, i.answer) for i, p in zip(items, predicted, strict=True) if p == i.answer]
+    wrong = [answer_state(i, p) for i, p in zip(items, predicted, strict=True) if p != i.answer]
+    ipas_all = build_vector(model, tok, "ipas-all", items, predicted, [1], style=style, scoring="likelihood")
+    torch.testing.assert_close(ipas_all.layers[1], torch.stack(right).mean(0) - torch.stack(wrong).mean(0),
+                               atol=1e-5, rtol=1e-5)
+    # iPAS-wo: matched pairs on the items answered wrong, the right answer minus the model's wrong one.
+    pairs = [answer_state(i, i.answer) - answer_state(i, p) for i, p in zip(items, predicted, strict=True)
+             if p != i.answer]
+    ipas_wo = build_vector(model, tok, "ipas-wo", items, predicted, [1], style=style, scoring="likelihood")
+    torch.testing.assert_close(ipas_wo.layers[1], torch.stack(pairs).mean(0), atol=1e-5, rtol=1e-5)
+    norms = [float(h.norm()) for h in right + wrong]
+    assert ipas_all.metadata["residual_norms"]["1"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)
+
+
+# The whole job
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]:
+    return build_model("llama"), build_tokenizer()
+
+
+def test_chosen_point_equals_an_independent_hooked_pass_and_the_recipe_replays_it(
+        tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
+    model, tok = tiny
+    items = toy_items()
+    result = runner.run_task(model, tok, items, small_config(strengths=(2.0, 8.0)))
+    outcome = result.report.chosen.seeds[0]
+    assert outcome.positions == "last_prompt" and len(outcome.random) == 4
+    vector = result.vectors["caa"]
+    assert vector.recipe is not None and vector.recipe.layers == (outcome.layer,)
+    assert vector.recipe.strength == outcome.strength and vector.recipe.unit == "relative"
+    # The stored direction has the mean residual norm at its layer: strength s adds s times that norm.
+    norm = vector.metadata["residual_norms"][str(outcome.layer)]
+    assert float(vector.layers[outcome.layer].norm()) == pytest.approx(norm, rel=1e-5)
+    assert outcome.added_norm == pytest.approx(norm * outcome.strength, rel=1e-5)
+
+    test_items = runner._Runner(model, tok, items, small_config(), Store(None), runner.silent).splits(0).test
+    assert [i.id for i in test_items] == outcome.test_ids
+    prompts = [encode(tok, PromptStyle().render(tok, lettered_prompt(i.question, i.choices, i.context)),
+                      templated=True) for i in test_items]
+    letters = letter_token_ids(tok, ["A", "B"])
+
+    def correct() -> list[float]:
+        picks = letter_logprobs(model, prompts, letters).argmax(dim=-1).tolist()
+        return [float(p == i.answer) for p, i in zip(picks, test_items, strict=True)]
+
+    assert correct() == outcome.baseline
+    with steer(model, vector):  # the recipe: layer, strength and positions as selected
+        assert correct() == outcome.steered
+    with steer(model, vector, -outcome.strength):
+        assert correct() == outcome.negated
+
+
+def test_every_store_key_ingredient_invalidates(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    items = toy_items()
+    config = small_config(seeds=1)
+
+    def pieces(out: Path, model: tf.PreTrainedModel, tok: tf.PreTrainedTokenizerFast,
+               these: list[MCItem] = items, cfg: RunConfig = config) -> int:
+        before = len(list((out / ".steerlab-cache").glob("*"))) if (out / ".steerlab-cache").exists() else 0
+        runner.run_task(model, tok, these, cfg, out_dir=out)
+        return len(list((out / ".steerlab-cache").glob("*"))) - before
+
+    model, tok = build_model("llama"), build_tokenizer()
+    out = tmp_path / "run"
+    first = pieces(out, model, tok)
+    assert first > 0
+    assert pieces(out, model, tok) == 0  # identical: everything reused
+
+    def changed(**what: object) -> int:
+        m, t = build_model("llama"), build_tokenizer()
+        if "weights" in what:
+            with torch.no_grad():
+                next(m.parameters()).add_(1e-3)
+        if "dtype" in what:
+            m = m.to(torch.float64)
+        if "template" in what:
+            t.chat_template = t.chat_template.replace("</turn>", "</turn> ")
+        return pieces(out, m, t, what.get("items", items), what.get("config", config))  # type: ignore[arg-type]
+
+    assert changed(weights=True) == first
+    assert changed(dtype=True) == first
+    assert changed(template=True) == first
+    assert changed(items=[*items[:-1], MCItem("i39", "w12 w13", items[-1].choices, 0)]) == first
+    assert changed(config=small_config(random_directions=5)) == first
+    monkeypatch.setattr(runner, "__version__", "9.9.9")
+    assert changed() == first
+    monkeypatch.setattr(runner, "SWEEP_BLOCK", 4)
+    assert changed() > 0
