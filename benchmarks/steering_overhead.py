@@ -2,7 +2,7 @@
 
 Issue 2's benchmark. On the embedded model, a batch of prompts (chat-formatted, left-padded) generates
 exactly ``--new-tokens`` tokens greedily with the KV cache (EOS is held off so every run does the same work):
-unsteered, steered at every position, and steered at generated positions only. Runs are interleaved (the order
+unsteered, steered at every position, and steered at the answer positions. Runs are interleaved (the order
 rotates each round) and the medians are compared; the paired ratio (each steered run over the unsteered run of
 its round) is shown too, because the machine's load drifts.
 
@@ -40,7 +40,7 @@ PROMPTS = (
     "Give me three tips for learning a new language.",
     "Should an AI system ever resist being shut down?",
 )
-SETTINGS = ("unsteered", "all", "generated")
+SETTINGS = ("unsteered", "all", "answer")
 
 
 def timer_wrapped(handle_hooks: list[tuple[dict[int, Callable[..., Any]], int]], spent: list[float]) -> None:

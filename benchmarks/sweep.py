@@ -27,7 +27,7 @@ from steerlab.core.hooks import apply_steering
 from steerlab.data.items import shuffle_choices
 from steerlab.data.prompts import PromptStyle
 from steerlab.data.tasks import load_caa_pairs, load_task
-from steerlab.experiment.runner import default_layers
+from steerlab.experiment.config import default_sweep_layers
 from steerlab.methods.pas import TaskFormat, scored_item
 from steerlab.methods.train import train_vector
 from steerlab.models import load_model, num_layers
@@ -69,7 +69,7 @@ def main() -> None:
 
     model, tok = load_model()
     depth = num_layers(model)
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else default_layers(depth)
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else default_sweep_layers(depth)
     strengths = [float(x) for x in args.strengths.split(",")]
     items = [shuffle_choices(item, 0) for item in load_task(args.task)][-args.items :]
     fmt = TaskFormat(scoring=args.scoring, style=PromptStyle())

@@ -83,9 +83,9 @@ def register(sub: Any) -> None:
     p.add_argument("--config", help="configuration of an hf: dataset")
     p.add_argument("--method", default="ipas-wo",
                    help="pas-full, ipas-all, ipas-wo (default), caa, a comma list, or all (one report comparing them)")
-    p.add_argument("--layers", type=ints, help="layers to sweep (default: 10 spread over 25-80%% of depth)")
+    p.add_argument("--layers", type=ints, help="layers to sweep (default: 8 spread over 25-80%% of depth)")
     p.add_argument("--strengths", type=floats,
-                   help="strengths to sweep, positive (each is also tried negated); default 0.125,0.25,0.5,1,2 "
+                   help="strengths to sweep, positive (each is also tried negated); default 0.25,0.5,1,2 "
                         "relative, 0.5,1,2,4,8,16 absolute")
     p.add_argument("--unit", choices=("relative", "absolute"), default="relative",
                    help="relative (default): strength = fraction of the mean residual norm at the layer; absolute: "
@@ -93,8 +93,8 @@ def register(sub: Any) -> None:
     p.add_argument("--select", choices=("directional", "accuracy"), default="directional",
                    help="directional (default): the point where +s beats -s most (what the direction adds beyond "
                         "any push of that size); accuracy: the highest validation accuracy")
-    p.add_argument("--random-directions", type=int, default=32,
-                   help="random directions of the same norm tested at the chosen point (default 32)")
+    p.add_argument("--random-directions", type=int, default=16,
+                   help="random directions of the same norm tested at the chosen point (default 16)")
     p.add_argument("--n-train", type=int, default=64, help="training items (default 64)")
     p.add_argument("--n-val", type=int, default=32, help="validation items for the sweep (default 32)")
     p.add_argument("--n-test", type=int, default=64, help="held-out test items (default 64)")

@@ -15,14 +15,14 @@ SELECT_RULES: tuple[Select, ...] = ("directional", "accuracy")
 UNITS: tuple[Unit, ...] = ("relative", "absolute")
 
 # Relative strengths: multiples of the mean residual norm at the layer, so one grid fits every layer and model.
-DEFAULT_RELATIVE_STRENGTHS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
+DEFAULT_RELATIVE_STRENGTHS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
 DEFAULT_ABSOLUTE_STRENGTHS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
-def default_layers(depth: int) -> list[int]:
-    """Ten layers spread over the middle of the network (25% to 80% of its depth), where steering works best."""
+def default_sweep_layers(depth: int) -> list[int]:
+    """Eight layers spread over the middle of the network (25% to 80% of its depth), where steering works best."""
     low, high = max(1, round(0.25 * depth)), max(1, round(0.8 * depth))
-    count = min(10, high - low + 1)
+    count = min(8, high - low + 1)
     return sorted({round(low + k * (high - low) / max(1, count - 1)) for k in range(count)})
 
 
@@ -43,7 +43,7 @@ class RunConfig:
     unit: Unit = "relative"
     positions: tuple[Positions, ...] | None = None  # searched; None: last_prompt and answer
     select: Select = "directional"
-    random_directions: int = 32  # at test, at the chosen point, per seed
+    random_directions: int = 16  # at test, at the chosen point, per seed
     # Sized so that plain `steerlab run` takes under 5 minutes on 2 CPU cores; --n-test 200 tightens the interval.
     n_train: int = 64
     n_val: int = 32

@@ -1,12 +1,12 @@
 """``steerlab run``: from a labelled multiple-choice dataset to a tested steering vector, with no human choice.
 
 For each seed: shuffle every item's choices (per item), split train / val / test, score the unsteered model on all
-three, build each method's vector from the training answers, sweep positions x layer x strength on validation with
-each strength's negation beside it, choose a point, and test it against the unsteered model, the negated vector and
-K random directions of the same norm at the same point (extra rows of one replay batch), in-context learning, and
-in-context learning plus steering. Every finished piece is kept under ``out/.steerlab-cache`` under a key that
-holds everything it depends on, so a killed run resumes and a changed setting, model, tokenizer or steerlab
-version never reuses stale work.
+three, build each method's vector from the training answers, sweep layer x strength on validation with each
+strength's negation beside it (then the other positions at the chosen layer), choose a point, and test it against
+the unsteered model, the negated vector and K random directions of the same norm at the same point (extra rows of
+one replay batch), in-context learning, and in-context learning plus steering. Every finished piece is kept under
+``out/.steerlab-cache`` under a key that holds everything it depends on, so a killed run resumes and a changed
+setting, model, tokenizer or steerlab version never reuses stale work.
 
 Selection (``RunConfig.select``): ``directional`` maximises half the gap between ``+s`` and ``-s`` on validation
 among points where ``+s`` does not lower accuracy; ``accuracy`` maximises validation accuracy. Ties go to the
@@ -43,7 +43,7 @@ from steerlab.core.vector import SteeringVector
 from steerlab.data.items import MCItem, Splits, shuffle_choices, split_items
 from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
-from steerlab.experiment.config import RunConfig, default_layers
+from steerlab.experiment.config import RunConfig, default_sweep_layers
 from steerlab.experiment.results import MethodResult, RunReport, SeedOutcome, SweepCell, verdict
 from steerlab.experiment.stats import (
     constant_letter,
@@ -65,7 +65,7 @@ from steerlab.runtime.sweep import predictions as argmax_choices
 
 SWEEP_BLOCK = 16  # validation items per stored sweep entry: the unit a resumed run does not redo
 LETTERS_AGREEMENT = 0.6
-CHECK_ITEMS = 32  # training items asked in both choice orders to decide the scoring
+CHECK_ITEMS = 24  # training items asked in both choice orders to decide the scoring
 
 
 def _constants() -> dict[str, Any]:
@@ -140,7 +140,7 @@ class _Runner:
         self.model, self.tokenizer, self.items, self.config = model, tokenizer, items, config
         self.store, self.progress = store, progress
         self.depth = num_layers(model)
-        self.layers = list(config.layers or default_layers(self.depth))
+        self.layers = list(config.layers or default_sweep_layers(self.depth))
         bad = [layer for layer in self.layers if not 0 <= layer < self.depth]
         if bad:
             raise ConfigError(f"layer(s) {bad} out of range: the model has layers 0..{self.depth - 1}")
@@ -224,39 +224,50 @@ class _Runner:
         self.time("controls", seconds)
         return _Seed(seed, splits, base, train_pred, history, correctness(argmax_choices(icl_scores), splits.test))
 
-    def sweep(self, row: _Seed, method: str, vector: SteeringVector, scoring: str) -> list[SweepCell]:
-        """Validation accuracy at every positions x layer x (+s, -s)."""
-        c, val = self.config, row.splits.val
-        strengths = list(c.strength_grid)
-        signs = torch.tensor([*strengths, *(-s for s in strengths)], dtype=torch.float32)[:, None]
-        cells: list[SweepCell] = []
-        for positions in c.positions_grid(scoring):
-            fmt = self.fmt(scoring, positions)
-            correct: dict[tuple[int, int], list[float]] = {}
-            scored = self.scored(val, fmt)
-            for start in range(0, len(val), SWEEP_BLOCK):
-                block = scored[start:start + SWEEP_BLOCK]
-
-                def compute(block: list[ScoredItem] = block, fmt: TaskFormat = fmt) -> list[list[Any]]:
-                    pushes = {layer: signs * vector.layers[layer] for layer in self.layers}
-                    result = score_pushes(self.model, block, self.scorer(fmt), pushes,
-                                          batch_size=self.config.batch_size)
-                    return [[layer, k, argmax_choices(scores)] for layer, per_push in result.steered.items()
-                            for k, scores in enumerate(per_push)]
-
-                rows, seconds = self.store.json(self.key(row.seed, method, "sweep", positions, start), compute)
-                self.time("sweep", seconds)
-                for layer, k, predicted in rows:
-                    if len(predicted) != len(block):
-                        raise ConfigError(f"stored sweep entry for items {start}.. has {len(predicted)} items, "
-                                          f"expected {len(block)}")
-                    correct.setdefault((layer, k), []).extend(correctness(predicted, val[start:start + len(block)]))
-                self.progress(min(start + SWEEP_BLOCK, len(val)), len(val),
-                              f"seed {row.seed} {method}: sweep ({positions})")
-            n = len(strengths)
-            cells += [SweepCell(positions, layer, strengths[k], mean(correct[(layer, k)]),
-                                mean(correct[(layer, k + n)])) for layer in self.layers for k in range(n)]
+    def sweep(self, row: _Seed, method: str, vector: SteeringVector, scoring: str,
+              val_baseline: float) -> list[SweepCell]:
+        """Validation accuracy at (+s, -s) over the grid: the first positions at every layer, the other positions at
+        the layer the first one chose (a coordinate search: positions rarely move the best layer, and the full grid
+        would cost a sweep per positions)."""
+        c = self.config
+        searched = c.positions_grid(scoring)
+        cells = self.sweep_positions(row, method, vector, scoring, searched[0], self.layers)
+        if len(searched) > 1:
+            layer = choose(cells, val_baseline, c.select, searched)[0].layer
+            for positions in searched[1:]:
+                cells += self.sweep_positions(row, method, vector, scoring, positions, [layer])
         return cells
+
+    def sweep_positions(self, row: _Seed, method: str, vector: SteeringVector, scoring: str, positions: Positions,
+                        layers: Sequence[int]) -> list[SweepCell]:
+        val = row.splits.val
+        strengths = list(self.config.strength_grid)
+        signs = torch.tensor([*strengths, *(-s for s in strengths)], dtype=torch.float32)[:, None]
+        fmt = self.fmt(scoring, positions)
+        correct: dict[tuple[int, int], list[float]] = {}
+        scored = self.scored(val, fmt)
+        for start in range(0, len(val), SWEEP_BLOCK):
+            block = scored[start:start + SWEEP_BLOCK]
+
+            def compute(block: list[ScoredItem] = block) -> list[list[Any]]:
+                pushes = {layer: signs * vector.layers[layer] for layer in layers}
+                result = score_pushes(self.model, block, self.scorer(fmt), pushes, batch_size=self.config.batch_size)
+                return [[layer, k, argmax_choices(scores)] for layer, per_push in result.steered.items()
+                        for k, scores in enumerate(per_push)]
+
+            entries, seconds = self.store.json(self.key(row.seed, method, "sweep", positions, list(layers), start),
+                                               compute)
+            self.time("sweep", seconds)
+            for layer, k, predicted in entries:
+                if len(predicted) != len(block):
+                    raise ConfigError(f"stored sweep entry for items {start}.. has {len(predicted)} items, "
+                                      f"expected {len(block)}")
+                correct.setdefault((layer, k), []).extend(correctness(predicted, val[start:start + len(block)]))
+            self.progress(min(start + SWEEP_BLOCK, len(val)), len(val),
+                          f"seed {row.seed} {method}: sweep ({positions})")
+        n = len(strengths)
+        return [SweepCell(positions, layer, strengths[k], mean(correct[(layer, k)]), mean(correct[(layer, k + n)]))
+                for layer in layers for k in range(n)]
 
     def test_point(self, row: _Seed, method: str, vector: SteeringVector, cell: SweepCell,
                    scoring: str) -> list[list[int]]:
@@ -275,8 +286,8 @@ class _Runner:
             style=fmt.style, scoring=fmt.scoring, batch_size=2 * self.config.batch_size, progress=self.progress))
         self.time("vectors", seconds)
         vector = in_unit(raw, self.config.unit)
-        cells = self.sweep(row, method, vector, scoring)
         val_baseline = _accuracy(row.baseline["val"], row.splits.val)
+        cells = self.sweep(row, method, vector, scoring, val_baseline)
         cell, score = choose(cells, val_baseline, self.config.select, self.config.positions_grid(scoring))
         predicted, seconds = self.store.json(
             self.key(row.seed, method, "test", cell.positions, cell.layer, cell.strength),

@@ -246,16 +246,23 @@ def score_pushes(
             raise ConfigError(f"pushes at layer {layer} must be a non-empty (P, hidden) tensor, got "
                               f"{tuple(additions.shape)}")
     pad = _pad_id(model)
-    result = PushScores([], {layer: [[] for _ in range(int(p.shape[0]))] for layer, p in pushes.items()})
     shared = _shared_prefix(model, items)
+    # Batches of similar chunk and prefix lengths, so little of the replayed work is padding; results go back to
+    # the input order.
+    order = sorted(range(len(items)), key=lambda i: (max(map(len, items[i].chunks)), len(items[i].prefix)))
+    baseline: list[list[float]] = [[] for _ in items]
+    steered: dict[int, list[list[list[float]]]] = {
+        layer: [[[] for _ in items] for _ in range(int(p.shape[0]))] for layer, p in pushes.items()}
     for start in range(0, len(items), batch_size):
-        part = _batch(model, items[start:start + batch_size], scorer, pushes, pad, shared)
-        result.baseline.extend(part.baseline)
-        for layer, per_push in part.steered.items():
-            for k, scores in enumerate(per_push):
-                result.steered[layer][k].extend(scores)
+        picked = order[start:start + batch_size]
+        part = _batch(model, [items[i] for i in picked], scorer, pushes, pad, shared)
+        for row, i in enumerate(picked):
+            baseline[i] = part.baseline[row]
+            for layer, per_push in part.steered.items():
+                for k, scores in enumerate(per_push):
+                    steered[layer][k][i] = scores[row]
         progress(min(start + batch_size, len(items)), len(items), what)
-    return result
+    return PushScores(baseline, steered)
 
 
 def score_grid(
