@@ -88,6 +88,9 @@ def test_generate_unsteered_column_is_plain_generation(model_dir: Path, capsys: 
     (["generate", "--prompt", "hi", "--strength", "2"], "--strength and --layers need --vector"),
     (["run", "--method", "nope"], "unknown method 'nope'"),
     (["run", "--task", "caa/nope"], "caa/nope"),
+    (["run", "--task", "items.jsonl"], "use --data"),  # not a file here either: the flag is named
+    (["run", "--strengths=-1,1"], "the directional rule takes positive strengths"),
+    (["run", "--positions", "generated"], "unknown positions 'generated' (now called 'answer')"),
 ])
 def test_errors_are_one_line(argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,13 +105,15 @@ def test_errors_are_one_line(argv: list[str], expected: str, tmp_path: Path, cap
     ({"question": "q", "choices": ["a", "b"], "answer": "c"}, "'c'"),
     ({"question": "q", "choices": ["a"], "answer": 0}, "2"),
 ])
+@pytest.mark.parametrize("flag", ["--data", "--task"])  # a file given where a task name goes is read as data
 def test_run_bad_data_names_file_line_field_and_writes_nothing(
-        record: dict[str, object], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        record: dict[str, object], expected: str, flag: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "items.jsonl"
     good = {"question": "fine", "choices": ["x", "y"], "answer": 0}
     data.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
     out = tmp_path / "out"
-    assert main(["run", "--data", str(data), "--out", str(out), "--quiet"]) == 2
+    assert main(["run", flag, str(data), "--out", str(out), "--quiet"]) == 2
     line = _error_line(capsys)
     assert f"{data}:2" in line and expected in line, line
     assert not out.exists()

@@ -407,3 +407,23 @@ def test_summary() -> None:
     assert s["hidden_size"] == HIDDEN and s["settings"] == {"pairs": 3}
     assert list(s["layers"]) == [2, 4]
     assert all(abs(norm - 1.0) < 1e-6 for norm in s["layers"].values())
+
+
+def test_recipe_round_trips_and_is_checked_on_load(tmp_path: Path) -> None:
+    from steerlab.core.recipe import Recipe
+
+    vector = SteeringVector({3: torch.ones(HIDDEN), 5: torch.ones(HIDDEN)})
+    chosen = vector.with_recipe(Recipe((5,), 0.5, "relative", "answer"))
+    assert list(chosen.layers) == [5]
+    chosen.save(tmp_path / "v.safetensors")
+    loaded = SteeringVector.load(tmp_path / "v.safetensors")
+    assert loaded.recipe == Recipe((5,), 0.5, "relative", "answer")
+    assert (loaded * 2.0).recipe is None and (loaded + loaded).recipe is None  # a derived vector was never selected
+    with pytest.raises(ConfigError, match=r"the recipe names layer\(s\) \[7\]"):
+        vector.with_recipe(Recipe((7,), 1.0))
+    with pytest.raises(ConfigError, match="unknown positions 'generated' \\(now called 'answer'\\)"):
+        Recipe((5,), 1.0, positions="generated")  # type: ignore[arg-type]
+    broken = SteeringVector({5: torch.ones(HIDDEN)}, {"recipe": {"layers": [5], "strength": "lots"}})
+    broken.save(tmp_path / "broken.safetensors")
+    with pytest.raises(VectorFileError, match=r"broken\.safetensors: recipe needs 'layers'"):
+        SteeringVector.load(tmp_path / "broken.safetensors")
