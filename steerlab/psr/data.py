@@ -37,6 +37,7 @@ from steerlab.data.prompts import PromptStyle, encode
 from steerlab.errors import ConfigError, DataError, VectorFileError
 from steerlab.models import decoder_blocks, hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
+from steerlab.runtime import batching
 
 CHUNK_KIND = "psr-activations"
 # Default slice sizes of split_prompts, as shares of the prompts (rounded, at least one prompt each).
@@ -229,12 +230,8 @@ def generate_ids(
     pad = tokenizer.pad_token_id
     if pad is None:
         raise ConfigError("the tokenizer needs a pad token to batch prompts")
-    width = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-    for row, prefix in enumerate(prefixes):
-        ids[row, width - len(prefix) :] = torch.tensor(prefix)
-        mask[row, width - len(prefix) :] = 1
+    ids, mask = batching.pad(prefixes, int(pad))
+    width = ids.shape[1]
     device = next(model.parameters()).device
     generator = cast(Callable[..., torch.Tensor], model.generate)
     with torch.no_grad():
@@ -307,13 +304,7 @@ def run_until_captured(model: nn.Module, **inputs: torch.Tensor) -> None:
 
 def pad_batch(sequences: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask: real tokens keep positions 0.. and never see the padding."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+    return batching.pad(sequences, pad, side="right")
 
 
 def response_index(items: Sequence[Item], prompted: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from transformers import DynamicCache
 from steerlab.errors import ConfigError
 from steerlab.models import base_model, cache_kwarg, decoder_blocks, hidden_size, num_layers
 from steerlab.progress import Progress, silent
+from steerlab.runtime import batching
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,6 @@ class _Stop(Exception):
     """Raised by the hook on the deepest needed block to end the forward pass there."""
 
 
-def _pad_id(model: nn.Module) -> int:
-    config: Any = getattr(model, "config", None)
-    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(config, name, None)
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if isinstance(value, int):
-            return value
-    return 0
-
-
 @torch.no_grad()
 def _run_batch(
     model: nn.Module, groups: Sequence[Group], layers: Sequence[int], pad: int
@@ -92,30 +82,21 @@ def _run_batch(
         # One row per suffix: without a prefix there is nothing to repeat per group below.
         prefix_mask = torch.zeros((len(groups) * per_group, 0), dtype=torch.long, device=device)
         if prefix_len:
-            ids = torch.full((len(groups), prefix_len), pad, dtype=torch.long, device=device)
-            prefix_mask = torch.zeros((len(groups), prefix_len), dtype=torch.long, device=device)
-            for row, group in enumerate(groups):
-                ids[row, prefix_len - len(group.prefix):] = torch.tensor(group.prefix, device=device)
-                prefix_mask[row, prefix_len - len(group.prefix):] = 1
+            ids, prefix_mask = batching.pad([g.prefix for g in groups], pad, device=device)
             cache = DynamicCache(config=getattr(model, "config", None))
-            positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
             with contextlib.suppress(_Stop):
-                base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, **cache_kwarg(base, cache),
-                     use_cache=True)
+                base(input_ids=ids, attention_mask=prefix_mask, position_ids=batching.positions(prefix_mask),
+                     **cache_kwarg(base, cache), use_cache=True)
             if per_group > 1:
                 cache.batch_repeat_interleave(per_group)
             prefix_mask = prefix_mask.repeat_interleave(per_group, dim=0)
 
         suffixes = [s for g in groups for s in g.suffixes]
         spans = [s for g in groups for s in g.spans]
-        width = max(len(s) for s in suffixes)
-        ids = torch.full((len(suffixes), width), pad, dtype=torch.long, device=device)
-        suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long, device=device)
-        for row, suffix in enumerate(suffixes):
-            ids[row, : len(suffix)] = torch.tensor(suffix, device=device)
-            suffix_mask[row, : len(suffix)] = 1
+        ids, suffix_mask = batching.pad(suffixes, pad, side="right", device=device)
+        width = ids.shape[1]
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
+        positions = batching.positions(mask)[:, prefix_mask.shape[1]:]
         capturing = True
         with contextlib.suppress(_Stop):
             base(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwarg(base, cache),
@@ -162,7 +143,7 @@ def extract(
         key=lambda i: (len(groups[i].suffixes), len(groups[i].prefix) > 0, len(groups[i].prefix),
                        max(map(len, groups[i].suffixes))),
     )
-    pad, done, start = _pad_id(model), 0, 0
+    pad, done, start = batching.pad_id(model), 0, 0
     while start < len(order):
         first = groups[order[start]]
         per_batch = max(1, batch_size // len(first.suffixes))

@@ -20,7 +20,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from steerlab.errors import ConfigError
 from steerlab.models import cache_kwarg
 from steerlab.progress import Progress, silent
-from steerlab.runtime.extract import _pad_id
+from steerlab.runtime import batching
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,6 @@ class ChoiceQuestion:
             raise ConfigError("a question needs at least two tokens and every choice at least one")
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(list(row), device=device)
-            mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def choice_logprobs(
     model: nn.Module,
@@ -57,7 +46,7 @@ def choice_logprobs(
 ) -> list[list[float]]:
     """Log-likelihood of each choice after its question (summed over tokens, or averaged when normalised)."""
     device = next(model.parameters()).device
-    pad = _pad_id(model)
+    pad = batching.pad_id(model)
     results: list[list[float]] = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start:start + batch_size]
@@ -69,24 +58,18 @@ def choice_logprobs(
 def _choice_batch(model: nn.Module, batch: Sequence[ChoiceQuestion], pad: int, device: torch.device,
                   length_normalize: bool) -> list[list[float]]:
     heads = [q.prompt[:-1] for q in batch]
-    prefix_ids, prefix_mask = _left_pad(heads, pad, device)
+    prefix_ids, prefix_mask = batching.pad(heads, pad, device=device)
     cache = DynamicCache(config=getattr(model, "config", None))
-    positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
-    model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, **cache_kwarg(model, cache),
-          use_cache=True, logits_to_keep=1)
+    model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=batching.positions(prefix_mask),
+          **cache_kwarg(model, cache), use_cache=True, logits_to_keep=1)
     counts = [len(q.choices) for q in batch]
     index = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], device=device)
     cache.batch_select_indices(index)
     prefix_mask = prefix_mask[index]
     tails = [(q.prompt[-1], *choice) for q in batch for choice in q.choices]
-    width = max(len(t) for t in tails)
-    ids = torch.full((len(tails), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((len(tails), width), dtype=torch.long, device=device)
-    for row, tail in enumerate(tails):
-        ids[row, : len(tail)] = torch.tensor(tail, device=device)
-        mask[row, : len(tail)] = 1
+    ids, mask = batching.pad(tails, pad, side="right", device=device)
     full_mask = torch.cat([prefix_mask, mask], dim=1)
-    positions = (full_mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
+    positions = batching.positions(full_mask)[:, prefix_mask.shape[1]:]
     logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, **cache_kwarg(model, cache),
                    use_cache=True).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
@@ -128,12 +111,12 @@ def letter_logprobs(
     A letter's logit is the log-sum-exp over its spellings, so "A" and " A" both count for A.
     """
     device = next(model.parameters()).device
-    pad = _pad_id(model)
+    pad = batching.pad_id(model)
     out = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = _left_pad(prompts[start:start + batch_size], pad, device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        last = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
+        ids, mask = batching.pad(prompts[start:start + batch_size], pad, device=device)
+        last = model(input_ids=ids, attention_mask=mask, position_ids=batching.positions(mask),
+                     logits_to_keep=1).logits[:, -1]
         out.append(restrict_to_letters(last.float(), letter_ids))
         progress(min(start + batch_size, len(prompts)), len(prompts), "letter scoring")
     return torch.cat(out)

@@ -29,7 +29,7 @@ from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import base_model, cache_kwarg, final_logits, num_layers
 from steerlab.progress import Progress, silent
-from steerlab.runtime.extract import _pad_id
+from steerlab.runtime import batching
 from steerlab.runtime.replay import expanded_cache, record, run_above
 
 SHARED_MIN_TOKENS = 32  # a common prefix at least this long is computed once for all items
@@ -154,13 +154,8 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, pushes
     prefix_mask = torch.zeros((sum(counts), 0), dtype=torch.long, device=device)
     if prefix_len > 0:
         # [shared prefix][left padding][rest of the item's prefix]: the padding sits inside, masked out.
-        ids = torch.full((len(items), prefix_len), pad, dtype=torch.long, device=device)
-        rest_mask = torch.zeros_like(ids)
-        for row, item in enumerate(items):
-            rest = item.prefix[shared.length:]
-            if rest:
-                ids[row, prefix_len - len(rest):] = torch.tensor(rest, device=device)
-                rest_mask[row, prefix_len - len(rest):] = 1
+        ids, rest_mask = batching.pad([item.prefix[shared.length:] for item in items], pad, device=device,
+                                      width=prefix_len)
         prefix_cache: Cache
         if shared.cache is not None:
             prefix_cache = expanded_cache(shared.cache, len(items))
@@ -169,7 +164,7 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, pushes
         else:
             prefix_cache = DynamicCache(config=getattr(model, "config", None))
             prefix_mask = rest_mask
-        positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)[:, shared.length:]
+        positions = batching.positions(prefix_mask)[:, shared.length:]
         base(input_ids=ids, attention_mask=prefix_mask, position_ids=positions, **cache_kwarg(base, prefix_cache),
              use_cache=True)
         cache = prefix_cache
@@ -178,19 +173,16 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, pushes
         prefix_mask = prefix_mask[index]
     rows = [chunk for item in items for chunk in item.chunks]
     starts = [s for item in items for s in (item.score_from or (0,) * len(item.chunks))]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    chunk_mask = torch.zeros_like(ids)
+    ids, chunk_mask = batching.pad(rows, pad, side="right", device=device)
+    width = ids.shape[1]
     steered = torch.zeros((len(rows), width, 1), device=device)
     row = 0
     for item in items:
         for chunk in item.chunks:
-            ids[row, : len(chunk)] = torch.tensor(chunk, device=device)
-            chunk_mask[row, : len(chunk)] = 1
             steered[row, : item.steered_length or len(chunk)] = 1.0
             row += 1
     mask = torch.cat([prefix_mask, chunk_mask], dim=1)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_mask.shape[1]:]
+    positions = batching.positions(mask)[:, prefix_mask.shape[1]:]
     pristine = copy.deepcopy(cache) if cache is not None else None
     with record(model) as recording:
         base(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwarg(base, cache),
@@ -245,7 +237,7 @@ def score_pushes(
         if additions.ndim != 2 or additions.shape[0] == 0:
             raise ConfigError(f"pushes at layer {layer} must be a non-empty (P, hidden) tensor, got "
                               f"{tuple(additions.shape)}")
-    pad = _pad_id(model)
+    pad = batching.pad_id(model)
     shared = _shared_prefix(model, items)
     # Batches of similar chunk and prefix lengths, so little of the replayed work is padding; results go back to
     # the input order.
