@@ -115,6 +115,16 @@ def test_ipas_vectors_are_the_hand_computed_mean_differences() -> None:
              if p != i.answer]
     ipas_wo = build_vector(model, tok, "ipas-wo", items, predicted, [1], style=style, scoring="likelihood")
     torch.testing.assert_close(ipas_wo.layers[1], torch.stack(pairs).mean(0), atol=1e-5, rtol=1e-5)
+    # PAS-full under choice likelihood reads the prompt that is scored: the question without a choice list.
+    def question_state(item: MCItem) -> torch.Tensor:
+        ids = encode(tok, style.render(tok, question_text(item.question, item.context)), templated=False)
+        return extract(model, [single(ids)], [1])[1][0]
+
+    full = build_vector(model, tok, "pas-full", items, predicted, [1], style=style, scoring="likelihood")
+    expected = (torch.stack([question_state(i) for i, p in zip(items, predicted, strict=True) if p == i.answer])
+                .mean(0) - torch.stack([question_state(i) for i, p in zip(items, predicted, strict=True)
+                                        if p != i.answer]).mean(0))
+    torch.testing.assert_close(full.layers[1], expected, atol=1e-5, rtol=1e-5)
     norms = [float(h.norm()) for h in right + wrong]
     assert ipas_all.metadata["residual_norms"]["1"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)
 

@@ -131,9 +131,11 @@ def vector_groups(method: str, tokenizer: PreTrainedTokenizerBase, items: Sequen
     wrong = [(i, p) for i, p in zip(items, predicted, strict=True) if p != i.answer]
     templated = style.templated(tokenizer)
     if method == "pas-full":
+        # The prompt that is scored: lettered under letter scoring, the bare question under choice likelihood.
         def full(item: MCItem) -> Group:
-            text = style.render(tokenizer, lettered_prompt(item.question, item.choices, item.context))
-            return single(encode(tokenizer, text, templated=templated))
+            shown = (lettered_prompt(item.question, item.choices, item.context) if scoring == "letters"
+                     else question_text(item.question, item.context))
+            return single(encode(tokenizer, style.render(tokenizer, shown), templated=templated))
         return [full(i) for i in right], [full(i) for i, _ in wrong]
     if method == "ipas-all":
         return ([_answer_text(tokenizer, i, i.answer, style) for i in right],
