@@ -50,7 +50,7 @@ def main(paths: list[str]) -> int:
         timings = report["timings"]
         plain = timings.get("val_unsteered_pass") or float("nan")
         sweep = timings.get("sweep", 0.0)
-        print(f"{report['task']}: sweep {sweep:.0f} s = {sweep / plain:.1f}x one plain validation pass "
+        print(f"- {report['task']}: sweep {sweep:.0f} s = {sweep / plain:.1f}x one plain validation pass "
               f"({plain:.1f} s); test with the random rows {timings.get('test', 0):.0f} s; "
               f"total {timings.get('total', 0):.0f} s")
     return 0
