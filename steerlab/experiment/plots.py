@@ -33,7 +33,8 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _num(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """A finite float, or None for a missing or non-finite value (report values may be either)."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
@@ -108,12 +109,12 @@ def plot_vs_strength(report: dict[str, Any]) -> Figure:
     xs = [-r["strength"] for r in reversed(rows)] + [r["strength"] for r in rows]
     ys = [r["negated_val_accuracy"] for r in reversed(rows)] + [r["val_accuracy"] for r in rows]
     ax.plot(xs, ys, marker="o", color="C0", label="vector x strength")
-    strength = _num(report.get("strength"))
+    strength = finite(report.get("strength"))
     if strength is not None and strength in xs:
         ax.plot([strength], [ys[xs.index(strength)]], marker="*", markersize=16, color="C3", linestyle="none",
                 label="chosen")
     per_seed = (report.get("methods") or {}).get(report.get("method"), {}).get("per_seed") or []
-    baseline = _num(per_seed[0].get("val_baseline")) if per_seed else None
+    baseline = finite(per_seed[0].get("val_baseline")) if per_seed else None
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle="--", label=f"unsteered ({baseline:.3f})")
     ax.axvline(0.0, color="black", linewidth=0.6)
@@ -138,7 +139,7 @@ def plot_effects(report: dict[str, Any]) -> Figure:
     for x, m in enumerate(methods.values()):
         for k, (key, label, color) in enumerate(arms):
             estimate = m.get(key) or {}
-            value, low, high = _num(estimate.get("value")), _num(estimate.get("low")), _num(estimate.get("high"))
+            value, low, high = finite(estimate.get("value")), finite(estimate.get("low")), finite(estimate.get("high"))
             if value is None:
                 continue
             offset = x + (k - 1) * 0.22
@@ -146,7 +147,7 @@ def plot_effects(report: dict[str, Any]) -> Figure:
             ax.errorbar([offset], [value], yerr=yerr, fmt="o", color=color, capsize=4, markersize=7,
                         label=None if label in labelled else label)
             labelled.add(label)
-        base = _num((m.get("test_accuracy") or {}).get("baseline"))
+        base = finite((m.get("test_accuracy") or {}).get("baseline"))
         draws = [a - base for a in m.get("random_accuracies") or [] if base is not None]
         ax.plot([x + 0.22 + 0.08] * len(draws), draws, marker=".", linestyle="none", color="C7", alpha=0.6)
     ax.axhline(0.0, color="black", linewidth=0.8)

@@ -7,7 +7,6 @@ byte-identical files: report.json, report.md, three PNG plots, and the plain-tex
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -20,6 +19,7 @@ from steerlab.experiment.plots import (
     EFFECTS_PNG,
     GAIN_PNG,
     STRENGTH_PNG,
+    finite,
     plot_effects,
     plot_gain,
     plot_vs_strength,
@@ -70,20 +70,13 @@ def _json_bytes(report: dict[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def _num(value: Any) -> float | None:
-    """A finite float, or None for a missing or non-finite value."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def _acc(value: Any) -> str:
-    x = _num(value)
+    x = finite(value)
     return "n/a" if x is None else f"{x:.3f}"
 
 
 def _signed(value: Any) -> str:
-    x = _num(value)
+    x = finite(value)
     if x is None:
         return "n/a"
     # Tiny negatives would otherwise print as "-0.000".
@@ -94,7 +87,7 @@ def _estimate(estimate: Any) -> str:
     """``+0.123 [+0.010, +0.240]`` from an Estimate dict."""
     if not isinstance(estimate, dict):
         return "n/a"
-    low, high = _num(estimate.get("low")), _num(estimate.get("high"))
+    low, high = finite(estimate.get("low")), finite(estimate.get("high"))
     interval = "" if low is None or high is None else f" [{_signed(low)}, {_signed(high)}]"
     return _signed(estimate.get("value")) + interval
 
