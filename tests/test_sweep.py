@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from conftest import DEPTH, HIDDEN, build_model, random_ids
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import decoder_blocks
-from steerlab.runtime.sweep import ScoredItem, Scorer, predictions, score_grid, score_pushes
+from steerlab.runtime.sweep import ScoredItem, Scorer, predictions, score_grid, score_push_sets, score_pushes
 
 LAYERS = list(range(DEPTH))
 STRENGTHS = [-2.0, 1.5]  # strength 0 has its own test
@@ -60,8 +60,10 @@ def letter_scores(model: tf.PreTrainedModel) -> list[list[float]]:
 
 
 def choice_scores(model: tf.PreTrainedModel, steer_from: str | None = None, layer: int = 0,
-                  add: torch.Tensor | None = None) -> list[list[float]]:
-    """Log-likelihood of each choice; ``steer_from`` "answer" steers from the last question token, "all" all."""
+                  add: torch.Tensor | None = None, also: dict[int, torch.Tensor] | None = None) -> list[list[float]]:
+    """Log-likelihood of each choice; ``steer_from`` "answer" steers from the last question token, "all" all.
+
+    ``also`` adds more layers' pushes on the same columns (steering several layers at once)."""
     rows = []
     for question, choices in zip(QUESTIONS, CHOICES, strict=True):
         row = []
@@ -73,7 +75,9 @@ def choice_scores(model: tf.PreTrainedModel, steer_from: str | None = None, laye
                 assert add is not None
                 columns = {"answer": slice(start, None), "last_prompt": slice(start, start + 1),
                            "prompt": slice(None, start + 1)}.get(steer_from, slice(None))
-                with hooked(model, layer, add, columns):
+                with ExitStack() as stack:
+                    for at, push in {layer: add, **(also or {})}.items():
+                        stack.enter_context(hooked(model, at, push, columns))
                     lp = logprobs(model, question + choice)
             row.append(sum(float(lp[start + j, token]) for j, token in enumerate(choice)))
         rows.append(row)
@@ -170,5 +174,25 @@ def test_random_rows_in_one_replay_equal_separate_hooked_passes(family: str) -> 
     assert len(result.steered[1]) == len(rows)
     for k, scores in enumerate(result.steered[1]):
         assert_grid(scores, choice_scores(model, "answer", 1, rows[k]))
-    with pytest.raises(ConfigError, match=r"pushes at layer 1 must be a non-empty \(P, hidden\) tensor"):
+    with pytest.raises(ConfigError, match=r"pushes at layer 1 must be non-empty \(P, hidden\) tensors"):
         score_pushes(model, items, Scorer(), {1: torch.zeros(0, HIDDEN)})
+
+
+def test_layer_sets_equal_hooks_at_every_layer_of_the_set(family: str) -> None:
+    # Multi-layer PAS: push k adds row k at every layer of the set at once; the replay starts at the lowest layer
+    # and adds the others on the way up. Expected: a full forward with one hook per layer, on the answer columns.
+    model, v = build_model(family), vector()
+    g = torch.Generator().manual_seed(4)
+    signs = torch.tensor([1.5, -1.5])[:, None]
+    sets = {(0, 2): {0: signs * v.layers[0], 2: signs * v.layers[2]},
+            (0, 1, 2): {layer: torch.randn(3, HIDDEN, generator=g) for layer in LAYERS}}
+    items = [ScoredItem(tuple(q[:-1]), tuple((q[-1], *c) for c in cs)) for q, cs in zip(QUESTIONS, CHOICES,
+                                                                                           strict=True)]
+    result = score_push_sets(model, items, Scorer(), sets, batch_size=2)
+    assert_grid(result.baseline, choice_scores(model))
+    for key, group in sets.items():
+        for k, scores in enumerate(result.steered[key]):
+            assert_grid(scores, choice_scores(model, "answer", key[0], group[key[0]][k],
+                                              {layer: group[layer][k] for layer in key[1:]}))
+    with pytest.raises(ConfigError, match=r"push set \(0, 1\) must give additions for exactly its layers"):
+        score_push_sets(model, items, Scorer(), {(0, 1): {0: signs * v.layers[0]}})

@@ -13,7 +13,7 @@ Architecture-independent: the recorded arguments are replayed as the model itsel
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,8 +89,12 @@ def run_above(
     *,
     repeat: int,
     cache: Cache | None,
+    additions: Mapping[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Blocks ``layer + 1 ..`` applied to ``hidden``, the (batch * repeat, seq, hidden) output of block ``layer``.
+
+    ``additions[k]`` (broadcastable to ``hidden``) is added to block ``k``'s output on the way up: steering at
+    several layers replays from the lowest one.
 
     ``cache`` must hold, for every block above ``layer``, the same past as the recorded pass had, with rows repeated
     ``repeat`` times (see :func:`expanded_cache`); the blocks above ``layer`` append to their cache layers, so the
@@ -106,4 +110,6 @@ def run_above(
         else:
             out = blocks[index](**{**kwargs, "hidden_states": hidden})
         hidden = out[0] if isinstance(out, tuple) else out
+        if additions is not None and index in additions:
+            hidden = hidden + additions[index]
     return hidden

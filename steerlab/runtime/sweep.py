@@ -142,9 +142,31 @@ def _shared_prefix(model: nn.Module, items: Sequence[ScoredItem]) -> _Shared:
     return _Shared(length, cache)
 
 
+LayerSet = tuple[int, ...]
+
+
+@dataclass
+class PushSetScores:
+    """Per-item choice scores: unsteered, and for each layer set one list per push row."""
+
+    baseline: list[list[float]]
+    steered: dict[LayerSet, list[list[list[float]]]]
+
+
+def _check_sets(sets: Mapping[LayerSet, Mapping[int, torch.Tensor]]) -> None:
+    for key, group in sets.items():
+        if not group or tuple(sorted(group)) != tuple(sorted(key)):
+            raise ConfigError(f"push set {key} must give additions for exactly its layers, got {sorted(group)}")
+        counts = {int(t.shape[0]) if t.ndim == 2 else -1 for t in group.values()}
+        if len(counts) != 1 or min(counts) < 1:
+            shapes = {layer: tuple(t.shape) for layer, t in group.items()}
+            what = f"pushes at layer {key[0]}" if len(key) == 1 else f"pushes of layer set {key}"
+            raise ConfigError(f"{what} must be non-empty (P, hidden) tensors with one P, got {shapes}")
+
+
 @torch.no_grad()
-def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, pushes: Mapping[int, torch.Tensor],
-           pad: int, shared: _Shared) -> PushScores:
+def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
+           sets: Mapping[LayerSet, Mapping[int, torch.Tensor]], pad: int, shared: _Shared) -> PushSetScores:
     device = next(model.parameters()).device
     base = base_model(model)
     counts = [len(item.chunks) for item in items]
@@ -189,33 +211,77 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer, pushes
              use_cache=cache is not None)
     last = num_layers(model) - 1
     baseline = _group(_scores(model, recording.outputs[last], rows, starts, scorer), counts, scorer.letters)
-    steered_scores: dict[int, list[list[list[float]]]] = {}
-    if not pushes:
-        return PushScores(baseline, steered_scores)
+    steered_scores: dict[LayerSet, list[list[list[float]]]] = {}
     replay_caches: dict[int, Cache | None] = {}
-    for layer, additions in sorted(pushes.items()):
-        repeat = additions.shape[0]
+    for key, group in sets.items():
+        lowest = min(group)
+        repeat = int(group[lowest].shape[0])
         if repeat not in replay_caches:
             replay_caches[repeat] = expanded_cache(pristine, repeat) if pristine is not None else None
         replay_cache = replay_caches[repeat]
         # A sliding-window cache layer cannot be cropped once its window is full: such layers are copied back.
         template = {k: copy.deepcopy(above) for k, above in enumerate(replay_cache.layers)
                     if getattr(above, "is_sliding", False)} if replay_cache is not None else {}
-        out = recording.outputs[layer]
-        add = additions.to(device=out.device, dtype=out.dtype).view(1, repeat, 1, -1) * steered[:, None].to(out.dtype)
-        hidden = (out[:, None] + add).reshape(len(rows) * repeat, *out.shape[1:])
-        final = hidden if layer == last else run_above(model, recording, layer, hidden, repeat=repeat,
-                                                       cache=replay_cache)
+        out = recording.outputs[lowest]
+
+        def added(layer: int, additions: torch.Tensor) -> torch.Tensor:
+            """(rows * repeat, seq, hidden): each push row on the steered positions of every chunk."""
+            add = additions.to(device=out.device, dtype=out.dtype).view(1, repeat, 1, -1) * steered[:, None].to(
+                out.dtype)
+            return add.reshape(len(rows) * repeat, *out.shape[1:])
+
+        hidden = out.repeat_interleave(repeat, dim=0) + added(lowest, group[lowest])
+        above = {layer: added(layer, t) for layer, t in group.items() if layer != lowest}
+        final = hidden if lowest == last else run_above(model, recording, lowest, hidden, repeat=repeat,
+                                                        cache=replay_cache, additions=above)
         if replay_cache is not None:
-            for k in range(layer + 1, len(replay_cache.layers)):
+            for k in range(lowest + 1, len(replay_cache.layers)):
                 if k in template:
                     replay_cache.layers[k] = copy.deepcopy(template[k])
                 else:  # drop the replayed chunk, keep the shared prefix
                     cast(DynamicLayer, replay_cache.layers[k]).crop(-width)
         flat = _scores(model, final, [r for r in rows for _ in range(repeat)],
                        [s for s in starts for _ in range(repeat)], scorer)
-        steered_scores[layer] = [_group(flat[k::repeat], counts, scorer.letters) for k in range(repeat)]
-    return PushScores(baseline, steered_scores)
+        steered_scores[key] = [_group(flat[k::repeat], counts, scorer.letters) for k in range(repeat)]
+    return PushSetScores(baseline, steered_scores)
+
+
+def score_push_sets(
+    model: nn.Module,
+    items: Sequence[ScoredItem],
+    scorer: Scorer,
+    sets: Mapping[LayerSet, Mapping[int, torch.Tensor]],
+    *,
+    batch_size: int = 8,
+    progress: Progress = silent,
+    what: str = "sweep",
+) -> PushSetScores:
+    """Unsteered scores of ``items``, and their scores under each push of each layer set.
+
+    ``sets[(l1, l2, ..)]`` maps each of its layers to a (P, hidden) tensor; push ``k`` adds row ``k`` of every layer's
+    tensor at that layer, all at once (steering several layers together), on the steered positions of every chunk.
+    The replay starts at the set's lowest layer. Strengths, negations and random directions are all just rows.
+    """
+    _check_sets(sets)
+    pad = batching.pad_id(model)
+    shared = _shared_prefix(model, items)
+    # Batches of similar chunk and prefix lengths, so little of the replayed work is padding; results go back to
+    # the input order.
+    order = sorted(range(len(items)), key=lambda i: (max(map(len, items[i].chunks)), len(items[i].prefix)))
+    baseline: list[list[float]] = [[] for _ in items]
+    steered: dict[LayerSet, list[list[list[float]]]] = {
+        key: [[[] for _ in items] for _ in range(int(next(iter(group.values())).shape[0]))]
+        for key, group in sets.items()}
+    for start in range(0, len(items), batch_size):
+        picked = order[start:start + batch_size]
+        part = _batch(model, [items[i] for i in picked], scorer, sets, pad, shared)
+        for row, i in enumerate(picked):
+            baseline[i] = part.baseline[row]
+            for key, per_push in part.steered.items():
+                for k, scores in enumerate(per_push):
+                    steered[key][k][i] = scores[row]
+        progress(min(start + batch_size, len(items)), len(items), what)
+    return PushSetScores(baseline, steered)
 
 
 def score_pushes(
@@ -233,28 +299,9 @@ def score_pushes(
     ``pushes[layer]`` is a (P, hidden) tensor: P additions to block ``layer``'s output, each on the steered positions
     of every chunk, all replayed in one batch. Strengths, negated vectors and random directions are all just rows.
     """
-    for layer, additions in pushes.items():
-        if additions.ndim != 2 or additions.shape[0] == 0:
-            raise ConfigError(f"pushes at layer {layer} must be a non-empty (P, hidden) tensor, got "
-                              f"{tuple(additions.shape)}")
-    pad = batching.pad_id(model)
-    shared = _shared_prefix(model, items)
-    # Batches of similar chunk and prefix lengths, so little of the replayed work is padding; results go back to
-    # the input order.
-    order = sorted(range(len(items)), key=lambda i: (max(map(len, items[i].chunks)), len(items[i].prefix)))
-    baseline: list[list[float]] = [[] for _ in items]
-    steered: dict[int, list[list[list[float]]]] = {
-        layer: [[[] for _ in items] for _ in range(int(p.shape[0]))] for layer, p in pushes.items()}
-    for start in range(0, len(items), batch_size):
-        picked = order[start:start + batch_size]
-        part = _batch(model, [items[i] for i in picked], scorer, pushes, pad, shared)
-        for row, i in enumerate(picked):
-            baseline[i] = part.baseline[row]
-            for layer, per_push in part.steered.items():
-                for k, scores in enumerate(per_push):
-                    steered[layer][k][i] = scores[row]
-        progress(min(start + batch_size, len(items)), len(items), what)
-    return PushScores(baseline, steered)
+    result = score_push_sets(model, items, scorer, {(layer,): {layer: p} for layer, p in pushes.items()},
+                             batch_size=batch_size, progress=progress, what=what)
+    return PushScores(result.baseline, {key[0]: scores for key, scores in result.steered.items()})
 
 
 def score_grid(
