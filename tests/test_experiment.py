@@ -13,11 +13,14 @@ import transformers as tf
 from conftest import build_model, build_tokenizer
 
 from steerlab.core.hooks import steer
+from steerlab.core.vector import SteeringVector
 from steerlab.data.items import MCItem
 from steerlab.data.prompts import PromptStyle, encode, encode_continuation, lettered_prompt, question_text
 from steerlab.experiment import runner
 from steerlab.experiment.config import RunConfig
-from steerlab.experiment.results import SweepCell, verdict
+from steerlab.experiment.report import render_markdown
+from steerlab.experiment.results import SeedOutcome, SweepCell, verdict
+from steerlab.experiment.selection import choose, grow_layer_set
 from steerlab.experiment.stats import Estimate, paired_bootstrap, rank_p_value
 from steerlab.experiment.store import Store
 from steerlab.methods.pas import build_vector
@@ -50,13 +53,37 @@ def test_directional_rule_prefers_what_the_sign_decides_over_any_push() -> None:
         SweepCell("answer", 3, 1.0, 0.60, 0.30),  # the sign decides: a direction
         SweepCell("answer", 5, 1.0, 0.45, 0.10),  # directional but below the unsteered 0.5
     ]
-    chosen, score = runner.choose(cells, 0.5, "directional", ["answer"])
+    chosen, score = choose(cells, 0.5, "directional", ["answer"])
     assert chosen == cells[1] and score == pytest.approx(0.15)
-    assert runner.choose(cells, 0.5, "accuracy", ["answer"])[0] == cells[0]
+    assert choose(cells, 0.5, "accuracy", ["answer"])[0] == cells[0]
     tied = [SweepCell("answer", 3, 2.0, 0.6, 0.4), SweepCell("last_prompt", 3, 1.0, 0.6, 0.4),
             SweepCell("answer", 1, 1.0, 0.6, 0.4)]
     # ties: the smaller strength, then the earlier layer, then the earlier positions
-    assert runner.choose(tied, 0.5, "directional", ["last_prompt", "answer"])[0] == tied[2]
+    assert choose(tied, 0.5, "directional", ["last_prompt", "answer"])[0] == tied[2]
+
+
+def test_greedy_layer_sets_add_a_layer_only_while_the_score_improves() -> None:
+    gains = {(2, 0): 0.05, (2, 1): 0.12, (2, 3): 0.20, (2, 4): 0.15,  # step 1: 3 is best
+             (2, 3, 0): 0.22, (2, 3, 1): 0.26, (2, 3, 4): 0.30,  # step 2: 4 is best, but +s lowers accuracy
+             (2, 3, 1, 0): 0.20, (2, 3, 1, 4): 0.25}  # step 3: nothing beats 0.26
+    asked: list[tuple[tuple[int, ...], list[int]]] = []
+
+    def evaluate(current: tuple[int, ...], new: list[int]) -> list[SweepCell]:
+        asked.append((current, list(new)))
+        return [SweepCell("answer", current[0], s, 0.4 if (*current, n) == (2, 3, 4) else 0.6 + gains[(*current, n)],
+                          0.6 - gains[(*current, n)] if (*current, n) != (2, 3, 4) else 0.4 - 2 * gains[(2, 3, 4)],
+                          added_layers=(*current[1:], n)) for n in new for s in (1.0, 2.0)]
+
+    start = SweepCell("answer", 2, 1.0, 0.7, 0.5)  # gain 0.1
+    point, tried = grow_layer_set(start, [0, 1, 2, 3, 4], evaluate, 0.55, "directional", max_layers=4)
+    assert point.layers == (2, 3, 1) and point.strength == 1.0 and point.gain == pytest.approx(0.26)
+    assert asked == [((2,), [0, 1, 3, 4]), ((2, 3), [0, 1, 4]), ((2, 3, 1), [0, 4])]
+    assert len(tried) == 2 * (4 + 3 + 2)
+    capped, _ = grow_layer_set(start, [0, 1, 2, 3, 4], evaluate, 0.55, "directional", max_layers=2)
+    assert capped.layers == (2, 3)
+    assert grow_layer_set(start, [0, 1, 2, 3, 4], evaluate, 0.55, "directional", max_layers=1)[0] == start
+    strong = SweepCell("answer", 2, 1.0, 0.9, 0.3)  # gain 0.3: no set beats it
+    assert grow_layer_set(strong, [0, 1, 2, 3, 4], evaluate, 0.55, "directional", max_layers=3)[0] == strong
 
 
 def test_verdicts() -> None:
@@ -152,7 +179,13 @@ def test_chosen_point_equals_an_independent_hooked_pass_and_the_recipe_replays_i
     assert float(vector.layers[outcome.layer].norm()) == pytest.approx(norm, rel=1e-5)
     assert outcome.added_norm == pytest.approx(norm * outcome.strength, rel=1e-5)
 
-    test_items = runner._Runner(model, tok, items, small_config(), Store(None), runner.silent).splits(0).test
+    assert_replays(model, tok, items, vector, outcome, small_config())
+
+
+def assert_replays(model: tf.PreTrainedModel, tok: tf.PreTrainedTokenizerFast, items: list[MCItem],
+                   vector: SteeringVector, outcome: SeedOutcome, config: RunConfig) -> None:
+    """The run's test correctness, recomputed by an independent hooked letter-scoring pass under the recipe."""
+    test_items = runner._Runner(model, tok, items, config, Store(None), runner.silent).splits(0).test
     assert [i.id for i in test_items] == outcome.test_ids
     prompts = [encode(tok, PromptStyle().render(tok, lettered_prompt(i.question, i.choices, i.context)),
                       templated=True) for i in test_items]
@@ -163,10 +196,35 @@ def test_chosen_point_equals_an_independent_hooked_pass_and_the_recipe_replays_i
         return [float(p == i.answer) for p, i in zip(picks, test_items, strict=True)]
 
     assert correct() == outcome.baseline
-    with steer(model, vector):  # the recipe: layer, strength and positions as selected
+    with steer(model, vector):  # the recipe: layers, strength and positions as selected
         assert correct() == outcome.steered
     with steer(model, vector, -outcome.strength):
         assert correct() == outcome.negated
+
+
+def test_a_layer_set_is_reported_beside_the_single_layer_point_and_replays(
+        tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
+    model, tok = tiny
+    items = toy_items()
+    # Settings under which the set grows on this tiny model, so the replay below steers several layers.
+    config = small_config(layers=(0, 1, 2), strengths=(1.0,), n_val=12, max_layers=3)
+    result = runner.run_task(model, tok, items, config)
+    single, grown = result.report.methods["caa"], result.report.methods["caa+layers"]
+    assert grown.multi_layer and not single.multi_layer and result.report.method == "caa"
+    start, point = single.seeds[0], grown.seeds[0]
+    assert point.layers[0] == start.layer and point.positions == start.positions and len(point.layers) > 1
+    # The greedy search tried every unused layer at every strength in its first step.
+    first_step = [c for c in grown.sweep if len(c.layers) == 2]
+    assert {(c.layers, c.strength) for c in first_step} == {((start.layer, n), 1.0) for n in (0, 1, 2)
+                                                            if n != start.layer}
+    vector = result.vectors["caa+layers"]
+    assert vector.recipe is not None and vector.recipe.layers == point.layers
+    norms = vector.metadata["residual_norms"]
+    expected_norm = math.sqrt(sum(float(norms[str(layer)]) ** 2 for layer in point.layers)) * point.strength
+    assert point.added_norm == pytest.approx(expected_norm, rel=1e-5)
+    assert_replays(model, tok, items, vector, point, config)
+    markdown = render_markdown(result.report.to_dict())
+    assert "## Layer sets" in markdown and f"kept: layers {'+'.join(map(str, point.layers))}" in markdown
 
 
 def test_every_store_key_ingredient_invalidates(tmp_path: Path,

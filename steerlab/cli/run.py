@@ -50,7 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     positions = None if args.positions is None else tuple(p.strip() for p in args.positions.split(","))
     config = RunConfig(task=task, methods=methods, layers=args.layers, strengths=args.strengths, unit=args.unit,
                        positions=positions, select=args.select,
-                       random_directions=args.random_directions, n_train=args.n_train, n_val=args.n_val,
+                       random_directions=args.random_directions, max_layers=args.max_layers,
+                       n_train=args.n_train, n_val=args.n_val,
                        n_test=args.n_test, seeds=args.seeds, seed=args.seed, scoring=args.scoring,
                        length_normalize=args.length_normalize, chat=not args.no_chat, icl_k=args.icl_k,
                        batch_size=args.batch_size)
@@ -95,6 +96,9 @@ def register(sub: Any) -> None:
                         "any push of that size); accuracy: the highest validation accuracy")
     p.add_argument("--random-directions", type=int, default=16,
                    help="random directions of the same norm tested at the chosen point (default 16)")
+    p.add_argument("--max-layers", type=int, default=1,
+                   help="above 1: also grow each method's point greedily into a set of up to this many layers (each "
+                        "with its own vector, one shared strength), tested and reported beside it as <method>+layers")
     p.add_argument("--n-train", type=int, default=64, help="training items (default 64)")
     p.add_argument("--n-val", type=int, default=32, help="validation items for the sweep (default 32)")
     p.add_argument("--n-test", type=int, default=64, help="held-out test items (default 64)")

@@ -44,6 +44,7 @@ class RunConfig:
     positions: tuple[Positions, ...] | None = None  # searched; None: last_prompt and answer
     select: Select = "directional"
     random_directions: int = 16  # at test, at the chosen point, per seed
+    max_layers: int = 1  # above 1: also grow each method's point greedily into a set of up to this many layers
     # Sized so that plain `steerlab run` takes under 5 minutes on 2 CPU cores; --n-test 200 tightens the interval.
     n_train: int = 64
     n_val: int = 32
@@ -78,7 +79,7 @@ class RunConfig:
                                   "and measures each one's negation itself (use --select accuracy for signed grids)")
         if self.random_directions < 1:
             raise ConfigError(f"random_directions must be at least 1, got {self.random_directions}")
-        for count in ("n_train", "n_val", "n_test", "seeds", "batch_size"):
+        for count in ("n_train", "n_val", "n_test", "seeds", "batch_size", "max_layers"):
             if getattr(self, count) < 1:
                 raise ConfigError(f"{count} must be at least 1, got {getattr(self, count)}")
 

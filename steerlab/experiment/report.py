@@ -109,8 +109,14 @@ def _chosen(report: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
+def _layers(seed: dict[str, Any]) -> str:
+    return "+".join(str(layer) for layer in seed.get("layers") or [seed["layer"]])
+
+
 def _point(seed: dict[str, Any], unit: str) -> str:
-    return f"layer {seed['layer']}, strength {seed['strength']:g} ({unit}), positions {seed['positions']}"
+    layers = seed.get("layers") or [seed["layer"]]
+    plural = "s" if len(layers) > 1 else ""
+    return f"layer{plural} {_layers(seed)}, strength {seed['strength']:g} ({unit}), positions {seed['positions']}"
 
 
 def headline(report: dict[str, Any]) -> str:
@@ -138,12 +144,12 @@ def _method_row(name: str, m: dict[str, Any], chosen: bool) -> list[str]:
             _acc(acc["steered"])]
 
 
-_SEED_HEADERS = ["method", "seed", "positions", "layer", "strength", "added norm", "val unsteered",
+_SEED_HEADERS = ["method", "seed", "positions", "layers", "strength", "added norm", "val unsteered",
                  "val +s (optimistic)", "val -s", "test unsteered", "test +s", "test -s", "test random", "rank"]
 
 
 def _seed_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [[name, str(s["seed"]), s["positions"], str(s["layer"]), f"{s['strength']:g}", f"{s['added_norm']:.3g}",
+    return [[name, str(s["seed"]), s["positions"], _layers(s), f"{s['strength']:g}", f"{s['added_norm']:.3g}",
              _acc(s["val_baseline"]), _acc(s["val_accuracy_optimistic"]), _acc(s["val_negated"]),
              _acc(s["test_baseline"]), _acc(s["test_steered"]), _acc(s["test_negated"]), _acc(s["test_random_mean"]),
              str(s["rank"])]
@@ -200,6 +206,9 @@ def render_markdown(report: dict[str, Any]) -> str:
               _md_table(["", "test accuracy", "delta vs unsteered [95% CI]"], _control_rows(report))]
     parts += ["## Scoring", _scoring_section(report)]
     parts += ["## Validation sweep", _sweep_section(report)]
+    grown = {name: m for name, m in report["methods"].items() if m.get("multi_layer")}
+    if grown:
+        parts += ["## Layer sets", _layer_set_section(grown)]
     parts += ["## Test effects", f"![Test deltas of the vector, its negation and random directions]({EFFECTS_PNG})"]
     timings = report.get("timings") or {}
     if timings:
@@ -248,6 +257,27 @@ def _sweep_section(report: dict[str, Any]) -> str:
     images = [f"![Directional gain by layer and strength]({GAIN_PNG})",
               f"![Validation accuracy vs signed strength]({STRENGTH_PNG})"]
     return text + "\n\n" + "\n\n".join(images)
+
+
+def _layer_set_section(grown: dict[str, dict[str, Any]]) -> str:
+    """Every layer set the greedy search tried (first seed), at its best strength; bold: the set it kept."""
+    text = ("Greedy forward selection from the single-layer point: each step adds the layer (own vector, shared "
+            "strength) whose set scores best, and stops when nothing beats the current set.")
+    for name, m in grown.items():
+        seed = m["per_seed"][0]
+        best: dict[tuple[int, ...], dict[str, Any]] = {}
+        for cell in m["sweep"]:
+            key = (cell["layer"], *cell["added_layers"])
+            if key not in best or cell["gain"] > best[key]["gain"]:
+                best[key] = cell
+        rows = []
+        for key, cell in best.items():
+            label = "+".join(map(str, key))
+            rows.append([f"**{label}**" if list(key) == seed["layers"] else label, f"{cell['strength']:g}",
+                         _acc(cell["val_accuracy"]), _acc(cell["negated_val_accuracy"]), f"{cell['gain']:+.3f}"])
+        text += f"\n\n{name}, kept: layers {_layers(seed)}\n\n" + _md_table(
+            ["layers", "best strength", "val +s", "val -s", "gain"], rows)
+    return text
 
 
 def _fixed_width(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -31,13 +31,22 @@ def verdict(delta: Estimate, directional_gain: Estimate) -> Verdict:
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One validation grid point: accuracy with ``+strength * vector`` and with its negation."""
+    """One validation grid point: accuracy with ``+strength * vector`` and with its negation.
+
+    A multi-layer point steers ``layer`` and ``added_layers`` together (each with its own vector, one strength);
+    ``added_layers`` are in the order the greedy search added them.
+    """
 
     positions: Positions
     layer: int
     strength: float
     val_accuracy: float
     negated_val_accuracy: float
+    added_layers: tuple[int, ...] = ()
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return (self.layer, *self.added_layers)
 
     @property
     def gain(self) -> float:
@@ -64,6 +73,11 @@ class SeedOutcome:
     random: list[list[float]]  # per random direction, per item
     rank: int
     p_value: float
+    added_layers: tuple[int, ...] = ()  # steered together with ``layer`` (multi-layer PAS)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return (self.layer, *self.added_layers)
 
     @property
     def random_mean(self) -> list[float]:
@@ -93,6 +107,7 @@ class MethodResult:
     sweep: list[SweepCell]
     icl_steering: Estimate | None = None
     icl_steering_accuracy: float | None = None
+    multi_layer: bool = False  # a layer set grown from the method's single-layer point (``sweep``: the sets tried)
 
     def summary(self) -> dict[str, Any]:
         test = {name: _mean([_mean(getattr(s, name)) for s in self.seeds]) for name in ("baseline", "steered",
@@ -100,6 +115,7 @@ class MethodResult:
         test["random"] = _mean([_mean(s.random_mean) for s in self.seeds])
         return {
             "method": self.method,
+            "multi_layer": self.multi_layer,
             "verdict": self.verdict,
             "verdict_text": VERDICT_TEXT[self.verdict],
             "test_accuracy": test,
@@ -116,14 +132,15 @@ class MethodResult:
             "icl_steering": None if self.icl_steering is None else {
                 "test_accuracy": self.icl_steering_accuracy, **asdict(self.icl_steering)},
             "per_seed": [
-                {"seed": s.seed, "positions": s.positions, "layer": s.layer, "strength": s.strength,
+                {"seed": s.seed, "positions": s.positions, "layer": s.layer, "layers": list(s.layers),
+                 "strength": s.strength,
                  "added_norm": s.added_norm, "val_baseline": s.val_baseline,
                  "val_accuracy_optimistic": s.val_accuracy, "val_negated": s.val_negated,
                  "test_baseline": _mean(s.baseline), "test_steered": _mean(s.steered),
                  "test_negated": _mean(s.negated), "test_random_mean": _mean(s.random_mean),
                  "rank": s.rank, "p_value": s.p_value}
                 for s in self.seeds],
-            "sweep": [{**asdict(c), "gain": c.gain} for c in self.sweep],
+            "sweep": [{**asdict(c), "added_layers": list(c.added_layers), "gain": c.gain} for c in self.sweep],
             "per_item": [
                 {"seed": s.seed, "ids": s.test_ids, "baseline": s.baseline, "steered": s.steered,
                  "negated": s.negated, "random_mean": s.random_mean} for s in self.seeds],

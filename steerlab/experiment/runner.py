@@ -8,10 +8,12 @@ one replay batch), in-context learning, and in-context learning plus steering. E
 ``out/.steerlab-cache`` under a key that holds everything it depends on, so a killed run resumes and a changed
 setting, model, tokenizer or steerlab version never reuses stale work.
 
-Selection (``RunConfig.select``): ``directional`` maximises half the gap between ``+s`` and ``-s`` on validation
-among points where ``+s`` does not lower accuracy; ``accuracy`` maximises validation accuracy. Ties go to the
-smaller strength, then the earlier layer, then the earlier positions. The method reported on top is the one with
-the best mean selection score (ties: the order given).
+Selection (``RunConfig.select``, see :mod:`steerlab.experiment.selection`): ``directional`` maximises half the gap
+between ``+s`` and ``-s`` on validation among points where ``+s`` does not lower accuracy; ``accuracy`` maximises
+validation accuracy. The method reported on top is the single-layer one with the best mean selection score (ties:
+the order given). With ``max_layers > 1`` each method's single-layer point is also grown greedily into a layer set
+(each layer its own vector, one shared strength), tested with the same controls and reported beside it as
+``<method>+layers``.
 
 Example::
 
@@ -45,6 +47,7 @@ from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
 from steerlab.experiment.config import RunConfig, default_sweep_layers
 from steerlab.experiment.results import MethodResult, RunReport, SeedOutcome, SweepCell, verdict
+from steerlab.experiment.selection import choose, grow_layer_set
 from steerlab.experiment.stats import (
     constant_letter,
     correctness,
@@ -60,12 +63,13 @@ from steerlab.models import num_layers
 from steerlab.models.identity import model_identity
 from steerlab.progress import Progress, silent
 from steerlab.runtime.scoring import letter_token_ids
-from steerlab.runtime.sweep import ScoredItem, Scorer, score_pushes
+from steerlab.runtime.sweep import ScoredItem, Scorer, score_push_sets, score_pushes
 from steerlab.runtime.sweep import predictions as argmax_choices
 
 SWEEP_BLOCK = 16  # validation items per stored sweep entry: the unit a resumed run does not redo
 LETTERS_AGREEMENT = 0.6
 CHECK_ITEMS = 24  # training items asked in both choice orders to decide the scoring
+LAYER_SET_SUFFIX = "+layers"  # the report's name of a method's multi-layer result
 
 
 def _constants() -> dict[str, Any]:
@@ -75,20 +79,6 @@ def _constants() -> dict[str, Any]:
 
 def _accuracy(scores: Sequence[Sequence[float]], items: Sequence[MCItem]) -> float:
     return mean(correctness(argmax_choices(scores), items))
-
-
-def choose(cells: Sequence[SweepCell], val_baseline: float, rule: str,
-           positions_order: Sequence[str]) -> tuple[SweepCell, float]:
-    """The chosen grid point and its selection score (see the module docstring)."""
-    def tie(c: SweepCell) -> tuple[float, int, int]:
-        return -abs(c.strength), -c.layer, -positions_order.index(c.positions)
-
-    if rule == "accuracy":
-        best = max(cells, key=lambda c: (c.val_accuracy, *tie(c)))
-        return best, best.val_accuracy
-    eligible = [c for c in cells if c.val_accuracy >= val_baseline] or list(cells)
-    best = max(eligible, key=lambda c: (c.gain, *tie(c)))
-    return best, best.gain
 
 
 def in_unit(vector: SteeringVector, unit: str) -> SteeringVector:
@@ -231,53 +221,68 @@ class _Runner:
         would cost a sweep per positions)."""
         c = self.config
         searched = c.positions_grid(scoring)
-        cells = self.sweep_positions(row, method, vector, scoring, searched[0], self.layers)
+        cells = self.sweep_sets(row, method, vector, scoring, searched[0], [(layer,) for layer in self.layers])
         if len(searched) > 1:
             layer = choose(cells, val_baseline, c.select, searched)[0].layer
             for positions in searched[1:]:
-                cells += self.sweep_positions(row, method, vector, scoring, positions, [layer])
+                cells += self.sweep_sets(row, method, vector, scoring, positions, [(layer,)])
         return cells
 
-    def sweep_positions(self, row: _Seed, method: str, vector: SteeringVector, scoring: str, positions: Positions,
-                        layers: Sequence[int]) -> list[SweepCell]:
+    def sweep_sets(self, row: _Seed, method: str, vector: SteeringVector, scoring: str, positions: Positions,
+                   sets: Sequence[tuple[int, ...]]) -> list[SweepCell]:
+        """Validation cells of each layer set (a single layer, or an anchor layer and the layers added to it) at
+        every strength of the grid and its negation, all layers of a set steered at once."""
         val = row.splits.val
         strengths = list(self.config.strength_grid)
         signs = torch.tensor([*strengths, *(-s for s in strengths)], dtype=torch.float32)[:, None]
         fmt = self.fmt(scoring, positions)
-        correct: dict[tuple[int, int], list[float]] = {}
+        correct: dict[tuple[tuple[int, ...], int], list[float]] = {}
         scored = self.scored(val, fmt)
         for start in range(0, len(val), SWEEP_BLOCK):
             block = scored[start:start + SWEEP_BLOCK]
 
             def compute(block: list[ScoredItem] = block) -> list[list[Any]]:
-                pushes = {layer: signs * vector.layers[layer] for layer in layers}
-                result = score_pushes(self.model, block, self.scorer(fmt), pushes, batch_size=self.config.batch_size)
-                return [[layer, k, argmax_choices(scores)] for layer, per_push in result.steered.items()
-                        for k, scores in enumerate(per_push)]
+                pushes = {tuple(sorted(s)): {layer: signs * vector.layers[layer] for layer in s} for s in sets}
+                result = score_push_sets(self.model, block, self.scorer(fmt), pushes,
+                                         batch_size=self.config.batch_size)
+                return [[list(s), k, argmax_choices(scores)] for s in sets
+                        for k, scores in enumerate(result.steered[tuple(sorted(s))])]
 
-            entries, seconds = self.store.json(self.key(row.seed, method, "sweep", positions, list(layers), start),
-                                               compute)
+            entries, seconds = self.store.json(
+                self.key(row.seed, method, "sweep", positions, [list(s) for s in sets], start), compute)
             self.time("sweep", seconds)
-            for layer, k, predicted in entries:
+            for layers, k, predicted in entries:
                 if len(predicted) != len(block):
                     raise ConfigError(f"stored sweep entry for items {start}.. has {len(predicted)} items, "
                                       f"expected {len(block)}")
-                correct.setdefault((layer, k), []).extend(correctness(predicted, val[start:start + len(block)]))
+                correct.setdefault((tuple(layers), k), []).extend(
+                    correctness(predicted, val[start:start + len(block)]))
             self.progress(min(start + SWEEP_BLOCK, len(val)), len(val),
-                          f"seed {row.seed} {method}: sweep ({positions})")
+                          f"seed {row.seed} {method}: sweep ({positions}" + (
+                              f", {len(sets[0])} layers)" if len(sets[0]) > 1 else ")"))
         n = len(strengths)
-        return [SweepCell(positions, layer, strengths[k], mean(correct[(layer, k)]), mean(correct[(layer, k + n)]))
-                for layer in layers for k in range(n)]
+        return [SweepCell(positions, s[0], strengths[k], mean(correct[(s, k)]), mean(correct[(s, k + n)]),
+                          added_layers=s[1:]) for s in map(tuple, sets) for k in range(n)]
 
     def test_point(self, row: _Seed, method: str, vector: SteeringVector, cell: SweepCell,
                    scoring: str) -> list[list[int]]:
-        """Test predictions under +s v, -s v and K random directions of the same norm, at the chosen point."""
-        direction = vector.layers[cell.layer]
-        seed = int(fingerprint(row.seed, method, cell.layer, "random")[:8], 16)
-        pushes = torch.cat([direction[None], -direction[None],
-                            random_directions(self.config.random_directions, direction, seed)]) * cell.strength
-        return self.pushed(row.splits.test, self.fmt(scoring, cell.positions), cell.layer, pushes,
-                           f"seed {row.seed} {method}: test, vector and {self.config.random_directions} random")
+        """Test predictions under +s v, -s v and K random directions of the same norm, at the chosen point.
+
+        At a layer set, random draw k is a random direction at every layer of the set, each of that layer's norm."""
+        pushes: dict[int, torch.Tensor] = {}
+        for layer in cell.layers:
+            direction = vector.layers[layer]
+            seed = int(fingerprint(row.seed, method, layer, "random")[:8], 16)
+            pushes[layer] = torch.cat([direction[None], -direction[None],
+                                       random_directions(self.config.random_directions, direction, seed)
+                                       ]) * cell.strength
+        key = tuple(sorted(cell.layers))
+        fmt = self.fmt(scoring, cell.positions)
+        result = score_push_sets(self.model, self.scored(row.splits.test, fmt), self.scorer(fmt), {key: pushes},
+                                 batch_size=self.config.batch_size, progress=self.progress,
+                                 what=f"seed {row.seed} {method}: test, vector and {self.config.random_directions} "
+                                      "random")
+        return [argmax_choices(scores) for scores in result.steered[key]]
 
     def run_method(self, row: _Seed, method: str, scoring: str) -> _Chosen:
         fmt = self.fmt(scoring)
@@ -289,21 +294,38 @@ class _Runner:
         val_baseline = _accuracy(row.baseline["val"], row.splits.val)
         cells = self.sweep(row, method, vector, scoring, val_baseline)
         cell, score = choose(cells, val_baseline, self.config.select, self.config.positions_grid(scoring))
+        return self.tested(row, method, vector, cell, cells, score, scoring, val_baseline)
+
+    def tested(self, row: _Seed, method: str, vector: SteeringVector, cell: SweepCell, cells: list[SweepCell],
+               score: float, scoring: str, val_baseline: float) -> _Chosen:
         predicted, seconds = self.store.json(
-            self.key(row.seed, method, "test", cell.positions, cell.layer, cell.strength),
+            self.key(row.seed, method, "test", cell.positions, list(cell.layers), cell.strength),
             partial(self.test_point, row, method, vector, cell, scoring))
         self.time("test", seconds)
         test = row.splits.test
         arms = [correctness(p, test) for p in predicted]
         random_acc = [mean(a) for a in arms[2:]]
         rank, p_value = rank_p_value(mean(arms[0]), random_acc)
+        added = float(torch.stack([vector.layers[layer] for layer in cell.layers]).norm()) * abs(cell.strength)
         outcome = SeedOutcome(
-            seed=row.seed, positions=cell.positions, layer=cell.layer, strength=cell.strength,
-            added_norm=float(vector.layers[cell.layer].norm()) * abs(cell.strength), val_baseline=val_baseline,
-            val_accuracy=cell.val_accuracy, val_negated=cell.negated_val_accuracy, test_ids=[i.id for i in test],
-            baseline=row.test_baseline, steered=arms[0], negated=arms[1], random=arms[2:], rank=rank,
-            p_value=p_value)
+            seed=row.seed, positions=cell.positions, layer=cell.layer, strength=cell.strength, added_norm=added,
+            val_baseline=val_baseline, val_accuracy=cell.val_accuracy, val_negated=cell.negated_val_accuracy,
+            test_ids=[i.id for i in test], baseline=row.test_baseline, steered=arms[0], negated=arms[1],
+            random=arms[2:], rank=rank, p_value=p_value, added_layers=cell.added_layers)
         return _Chosen(outcome, cell, vector, cells, score)
+
+    def run_layer_set(self, row: _Seed, method: str, single: _Chosen, scoring: str) -> _Chosen:
+        """The single-layer point grown greedily into a layer set (see :func:`grow_layer_set`), then tested."""
+        val_baseline = single.outcome.val_baseline
+
+        def evaluate(current: tuple[int, ...], new: Sequence[int]) -> list[SweepCell]:
+            return self.sweep_sets(row, method, single.vector, scoring, single.cell.positions,
+                                   [(*current, layer) for layer in new])
+
+        cell, evaluated = grow_layer_set(single.cell, self.layers, evaluate, val_baseline, self.config.select,
+                                         self.config.max_layers)
+        score = cell.val_accuracy if self.config.select == "accuracy" else cell.gain
+        return self.tested(row, method, single.vector, cell, evaluated, score, scoring, val_baseline)
 
     def icl_steering(self, row: _Seed, method: str, chosen: _Chosen, scoring: str) -> list[float]:
         o = chosen.outcome
@@ -335,20 +357,27 @@ class _Runner:
                 if problem:
                     skipped[method] = f"seed {row.seed}: {problem}"
                     continue
-                chosen.setdefault(method, []).append(self.run_method(row, method, scoring))
+                single = self.run_method(row, method, scoring)
+                chosen.setdefault(method, []).append(single)
+                if c.max_layers > 1:
+                    chosen.setdefault(method + LAYER_SET_SUFFIX, []).append(
+                        self.run_layer_set(row, method, single, scoring))
         ran = [m for m in c.methods if m in chosen and m not in skipped]
+        grown = [m + LAYER_SET_SUFFIX for m in ran if m + LAYER_SET_SUFFIX in chosen]
         if not ran:
             reasons = "; ".join(f"{m}: {skipped.get(m, 'did not run')}" for m in c.methods)
             raise ConfigError(f"no method could run on every seed ({reasons})")
         best = max(ran, key=lambda m: (mean([x.score for x in chosen[m]]), -c.methods.index(m)))
         results = {m: self.summarise(m, chosen[m]) for m in ran}
+        for name in grown:
+            results[name] = replace(self.summarise(name, chosen[name]), multi_layer=True)
         icl_steered = [self.icl_steering(row, best, x, scoring) for row, x in zip(rows, chosen[best], strict=True)]
         results[best] = replace(results[best], icl_steering=paired_bootstrap(
             [[a - b for a, b in zip(s, row.test_baseline, strict=True)] for s, row in zip(icl_steered, rows,
                                                                                           strict=True)]),
             icl_steering_accuracy=mean([mean(s) for s in icl_steered]))
         report = self.report(check, scoring, rows, results, skipped, best)
-        vectors = {m: self.exported(chosen[m][0]) for m in ran}
+        vectors = {m: self.exported(chosen[m][0]) for m in [*ran, *grown]}
         return RunResult(report, vectors)
 
     def summarise(self, method: str, runs: list[_Chosen]) -> MethodResult:
@@ -370,7 +399,7 @@ class _Runner:
 
     def exported(self, run: _Chosen) -> SteeringVector:
         o = run.outcome
-        recipe = Recipe((o.layer,), o.strength, self.config.unit, run.cell.positions)
+        recipe = Recipe(o.layers, o.strength, self.config.unit, run.cell.positions)
         vector = run.vector.with_recipe(recipe)
         return SteeringVector(vector.layers, {**vector.metadata, "task": self.config.task, "seed": o.seed,
                                               "selected_by": self.config.select})
