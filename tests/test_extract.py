@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 import torch
 import transformers as tf
-from conftest import DEPTH, HIDDEN, build_model, random_ids
+from conftest import DEPTH, HIDDEN, build_model, hooks, random_ids
 
 from steerlab.errors import ConfigError
 from steerlab.models import decoder_blocks, final_norm
+from steerlab.runtime.capture import capture, run_until_captured
 from steerlab.runtime.extract import Group, extract, single
 
 
@@ -150,3 +151,27 @@ def test_groups_of_several_texts_without_a_prefix(llama: tf.PreTrainedModel) -> 
     expected = reference(llama, groups, [0, 1])
     assert_acts_close(extract(llama, groups, [0, 1], batch_size=16), expected)
     assert_acts_close(extract(llama, groups, [0, 1], batch_size=2), expected)
+
+
+def test_capture_reads_block_outputs_and_stops_after_the_deepest(family: str) -> None:
+    model, ids = build_model(family), random_ids(6, 11)
+    expected = layer_outputs(model, ids)
+    before = hooks(model)  # after transformers installed its own hidden-state recorder
+    ran: list[int] = []
+    handles = [block.register_forward_pre_hook(lambda _m, _a, k=k: ran.append(k))
+               for k, block in enumerate(decoder_blocks(model))]
+    try:
+        with torch.no_grad(), capture(model, [1, 0], stop_after=True) as states:
+            run_until_captured(model, input_ids=torch.tensor([ids]), use_cache=False)
+        assert ran == [0, 1]  # block 2 and the head never ran
+        for layer in (0, 1):
+            torch.testing.assert_close(states[layer][0], expected[layer], atol=1e-6, rtol=1e-6)
+        ran.clear()
+        with torch.no_grad(), capture(model, [DEPTH - 1]) as states:
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits
+        assert ran == list(range(DEPTH)) and logits.shape[1] == len(ids)
+        torch.testing.assert_close(states[DEPTH - 1][0], expected[DEPTH - 1], atol=1e-6, rtol=1e-6)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert hooks(model) == before

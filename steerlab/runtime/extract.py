@@ -10,19 +10,18 @@ Layer ``i`` is the output of decoder block ``i`` (``hidden_states[i + 1]`` in tr
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
 from steerlab.errors import ConfigError
-from steerlab.models import base_model, cache_kwarg, decoder_blocks, hidden_size, num_layers
+from steerlab.models import base_model, cache_kwarg, hidden_size, num_layers
 from steerlab.progress import Progress, silent
 from steerlab.runtime import batching
+from steerlab.runtime.capture import capture, run_until_captured
 
 
 @dataclass(frozen=True)
@@ -50,60 +49,39 @@ def single(ids: Sequence[int], span: tuple[int, int] | None = None) -> Group:
     return Group((), (tuple(ids),), (span or (len(ids) - 1, len(ids)),))
 
 
-class _Stop(Exception):
-    """Raised by the hook on the deepest needed block to end the forward pass there."""
-
-
 @torch.no_grad()
 def _run_batch(
     model: nn.Module, groups: Sequence[Group], layers: Sequence[int], pad: int
 ) -> dict[int, torch.Tensor]:
     """Activations (reduced over spans) of every suffix of ``groups``, which all have the same number of suffixes."""
-    base, blocks = base_model(model), decoder_blocks(model)
+    base = base_model(model)
     device = next(model.parameters()).device
     per_group = len(groups[0].suffixes)
-    deepest = max(layers)
-    captured: dict[int, torch.Tensor] = {}
-    capturing = False
+    prefix_len = max(len(g.prefix) for g in groups)
+    cache = None
+    # One row per suffix: without a prefix there is nothing to repeat per group below.
+    prefix_mask = torch.zeros((len(groups) * per_group, 0), dtype=torch.long, device=device)
+    if prefix_len:
+        ids, prefix_mask = batching.pad([g.prefix for g in groups], pad, device=device)
+        cache = DynamicCache(config=getattr(model, "config", None))
+        # The prefix's cache is only needed up to the deepest layer read: stop there too.
+        with capture(model, layers, stop_after=True):
+            run_until_captured(base, input_ids=ids, attention_mask=prefix_mask,
+                               position_ids=batching.positions(prefix_mask), **cache_kwarg(base, cache),
+                               use_cache=True)
+        if per_group > 1:
+            cache.batch_repeat_interleave(per_group)
+        prefix_mask = prefix_mask.repeat_interleave(per_group, dim=0)
 
-    def make_hook(layer: int) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if capturing:
-                captured[layer] = output[0] if isinstance(output, tuple) else output
-            if layer == deepest:
-                raise _Stop
-
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in sorted(set(layers))]
-    try:
-        prefix_len = max(len(g.prefix) for g in groups)
-        cache = None
-        # One row per suffix: without a prefix there is nothing to repeat per group below.
-        prefix_mask = torch.zeros((len(groups) * per_group, 0), dtype=torch.long, device=device)
-        if prefix_len:
-            ids, prefix_mask = batching.pad([g.prefix for g in groups], pad, device=device)
-            cache = DynamicCache(config=getattr(model, "config", None))
-            with contextlib.suppress(_Stop):
-                base(input_ids=ids, attention_mask=prefix_mask, position_ids=batching.positions(prefix_mask),
-                     **cache_kwarg(base, cache), use_cache=True)
-            if per_group > 1:
-                cache.batch_repeat_interleave(per_group)
-            prefix_mask = prefix_mask.repeat_interleave(per_group, dim=0)
-
-        suffixes = [s for g in groups for s in g.suffixes]
-        spans = [s for g in groups for s in g.spans]
-        ids, suffix_mask = batching.pad(suffixes, pad, side="right", device=device)
-        width = ids.shape[1]
-        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-        positions = batching.positions(mask)[:, prefix_mask.shape[1]:]
-        capturing = True
-        with contextlib.suppress(_Stop):
-            base(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwarg(base, cache),
-                 use_cache=cache is not None)
-    finally:
-        for handle in handles:
-            handle.remove()
+    suffixes = [s for g in groups for s in g.suffixes]
+    spans = [s for g in groups for s in g.spans]
+    ids, suffix_mask = batching.pad(suffixes, pad, side="right", device=device)
+    width = ids.shape[1]
+    mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+    positions = batching.positions(mask)[:, prefix_mask.shape[1]:]
+    with capture(model, layers, stop_after=True) as captured:
+        run_until_captured(base, input_ids=ids, attention_mask=mask, position_ids=positions,
+                           **cache_kwarg(base, cache), use_cache=cache is not None)
 
     weights = torch.zeros((len(suffixes), width), device=device)
     for row, (start, end) in enumerate(spans):
