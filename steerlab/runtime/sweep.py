@@ -164,6 +164,13 @@ def _check_sets(sets: Mapping[LayerSet, Mapping[int, torch.Tensor]]) -> None:
             raise ConfigError(f"{what} must be non-empty (P, hidden) tensors with one P, got {shapes}")
 
 
+def _on_steered(additions: torch.Tensor, steered: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(rows * P, seq, hidden): each of the P push rows on the steered positions of every chunk, rows grouped."""
+    repeat = additions.shape[0]
+    add = additions.to(device=like.device, dtype=like.dtype).view(1, repeat, 1, -1) * steered[:, None].to(like.dtype)
+    return add.reshape(like.shape[0] * repeat, *like.shape[1:])
+
+
 @torch.no_grad()
 def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
            sets: Mapping[LayerSet, Mapping[int, torch.Tensor]], pad: int, shared: _Shared) -> PushSetScores:
@@ -223,15 +230,8 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
         template = {k: copy.deepcopy(above) for k, above in enumerate(replay_cache.layers)
                     if getattr(above, "is_sliding", False)} if replay_cache is not None else {}
         out = recording.outputs[lowest]
-
-        def added(layer: int, additions: torch.Tensor) -> torch.Tensor:
-            """(rows * repeat, seq, hidden): each push row on the steered positions of every chunk."""
-            add = additions.to(device=out.device, dtype=out.dtype).view(1, repeat, 1, -1) * steered[:, None].to(
-                out.dtype)
-            return add.reshape(len(rows) * repeat, *out.shape[1:])
-
-        hidden = out.repeat_interleave(repeat, dim=0) + added(lowest, group[lowest])
-        above = {layer: added(layer, t) for layer, t in group.items() if layer != lowest}
+        hidden = out.repeat_interleave(repeat, dim=0) + _on_steered(group[lowest], steered, out)
+        above = {layer: _on_steered(t, steered, out) for layer, t in group.items() if layer != lowest}
         final = hidden if lowest == last else run_above(model, recording, lowest, hidden, repeat=repeat,
                                                         cache=replay_cache, additions=above)
         if replay_cache is not None:
