@@ -22,13 +22,16 @@ def _estimate(e: dict[str, Any]) -> str:
     return f"{e['value']:+.3f}{interval}"
 
 
+def _layers(seed: dict[str, Any]) -> str:
+    return "+".join(map(str, seed.get("layers") or [seed["layer"]]))
+
+
 def rows(report: dict[str, Any]) -> list[list[str]]:
     out = []
     for name, m in report["methods"].items():
         acc = m["test_accuracy"]
         rank = f"{m['rank']}/{m['random_directions'] + 1} ({m['p_value']:.3f})"
-        points = ", ".join(f"{s['positions']}/{'+'.join(map(str, s.get('layers') or [s['layer']]))}/{s['strength']:g}"
-                           for s in m["per_seed"])
+        points = ", ".join(f"{s['positions']}/{_layers(s)}/{s['strength']:g}" for s in m["per_seed"])
         out.append([report["task"], name, f"{acc['baseline']:.3f} -> {acc['steered']:.3f}",
                     _estimate(m["delta"]), _estimate(m["directional_gain"]), _estimate(m["negated_delta"]),
                     _estimate(m["random_delta"]), rank, points, m["verdict"]])
@@ -47,7 +50,8 @@ def main(paths: list[str]) -> int:
                          ("layer-set", [r for r in table if r[1].endswith("+layers")])):
         if picked:
             directional = sum(1 for r in picked if r[-1] == "directional")
-            print(f"\n{directional} of {len(picked)} {kind} task x method rows: directional gain interval above 0.")
+            print(f"\n{directional} of {len(picked)} {kind} task x method rows: directional gain interval "
+                  "above 0.")
     # The sweep carries each strength's negation; the test point K random directions and the negation.
     for path in paths:
         report = json.loads(Path(path).read_text())
