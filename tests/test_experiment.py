@@ -23,9 +23,10 @@ from steerlab.experiment.results import SeedOutcome, SweepCell, verdict
 from steerlab.experiment.selection import choose, grow_layer_set
 from steerlab.experiment.stats import Estimate, paired_bootstrap, rank_p_value
 from steerlab.experiment.store import Store
-from steerlab.methods.pas import build_vector
+from steerlab.methods.pas import TaskFormat, build_vector, scored_item
 from steerlab.runtime.extract import extract, single
 from steerlab.runtime.scoring import letter_logprobs, letter_token_ids
+from steerlab.runtime.sweep import Scorer, score_pushes
 
 WORDS = [f"w{i}" for i in range(11, 60)]
 
@@ -154,6 +155,49 @@ def test_ipas_vectors_are_the_hand_computed_mean_differences() -> None:
     torch.testing.assert_close(full.layers[1], expected, atol=1e-5, rtol=1e-5)
     norms = [float(h.norm()) for h in right + wrong]
     assert ipas_all.metadata["residual_norms"]["1"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)
+
+
+# Turn positions: the user's turn and the answer, never the system prompt or earlier turns
+
+
+def test_turn_start_is_where_the_users_message_begins() -> None:
+    tok = build_tokenizer()
+    style = PromptStyle(system="w20 w21")
+    # "<system> w20 w21 </turn> <user> | w30 w31 </turn> <assistant>": 5 tokens before the message
+    assert style.turn_start(tok, "w30 w31") == 5
+    # "<user> w40 </turn> <assistant> w41 </turn>" more before it: an earlier turn (an in-context example)
+    assert style.turn_start(tok, "w0 w31", [("w40", "w41")]) == 5 + 6  # a message starting like a probe
+    assert PromptStyle(chat=False).turn_start(tok, "w30 w31") == 0
+
+
+@pytest.mark.parametrize("scoring", ["likelihood", "letters"])
+def test_turn_positions_in_the_sweep_equal_a_hooked_pass(scoring: str) -> None:
+    model, tok = build_model("llama"), build_tokenizer()
+    style = PromptStyle(system="w20 w21")
+    item = MCItem("x", "w30 w31 w32", ("w40 w41", "w42"), 0)
+    history = [("w50 w51", "w52")]
+    push = torch.randn(32, generator=torch.Generator().manual_seed(5)) * 3
+    scored = scored_item(tok, item, TaskFormat(scoring, style, positions="turn"), history)  # type: ignore[arg-type]
+    letters = letter_token_ids(tok, ["A", "B"])
+    scorer = Scorer(tuple(tuple(x) for x in letters) if scoring == "letters" else None)
+    got = score_pushes(model, [scored], scorer, {1: push[None]}).steered[1][0][0]
+    vector = SteeringVector({1: push})
+    if scoring == "letters":
+        user = lettered_prompt(item.question, item.choices)
+        prompt = encode(tok, style.render(tok, user, history), templated=True)
+        with steer(model, vector, 1.0, positions="turn", turn_starts=[style.turn_start(tok, user, history)]):
+            expected = letter_logprobs(model, [prompt], letters)[0].tolist()
+        assert got == pytest.approx(expected, abs=1e-5)
+        return
+    head = style.render(tok, item.question, history)
+    assert style.turn_start(tok, item.question, history) == 5 + 7  # the example turn: 7 tokens
+    for choice, score in zip(item.choices, got, strict=True):
+        question, answer = encode_continuation(tok, head, choice, templated=True)
+        ids = torch.tensor([question + answer])
+        with torch.no_grad(), steer(model, vector, 1.0, positions="turn", turn_starts=[12]):
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+        expected = sum(float(logprobs[len(question) - 1 + j, t]) for j, t in enumerate(answer))
+        assert score == pytest.approx(expected, abs=1e-4)
 
 
 # The whole job

@@ -285,7 +285,23 @@ def test_prompt_lengths_split_one_call_into_prompt_and_answer(llama: tf.PreTrain
     assert steered_columns(llama, positions, ids, mask, prompt_lengths=[4, 2]) == expected
 
 
-@pytest.mark.parametrize("positions", ["prompt", "answer", "last_prompt", "all"])
+@pytest.mark.parametrize(("lengths", "expected"), [
+    ([6, 4], [[2, 3, 4, 5], [3, 4, 5]]),  # left padding: row 1's pads at 0-1, its turn from its second real token
+    ([6, 6], [[2, 3, 4, 5], [1, 2, 3, 4, 5]]),
+])
+def test_turn_positions_start_at_each_rows_turn(llama: tf.PreTrainedModel, lengths: list[int],
+                                                expected: list[list[int]]) -> None:
+    ids, mask = ids_batch(lengths)
+    assert steered_columns(llama, "turn", ids, mask, turn_starts=[2, 1]) == expected
+    right_ids, right_mask = right_padded([6, 4])  # right padding: row 1's pads at 4-5 are never steered
+    assert steered_columns(llama, "turn", right_ids, right_mask, turn_starts=[2, 1]) == [[2, 3, 4, 5], [1, 2, 3]]
+    with pytest.raises(ConfigError, match="positions 'turn' need turn_starts="):
+        steer(llama, vec([1]), 1.0, positions="turn")
+    with pytest.raises(ConfigError, match="turn_starts has 1 rows but the batch has 2"):
+        steered_columns(llama, "turn", ids, mask, turn_starts=[2])
+
+
+@pytest.mark.parametrize("positions", ["prompt", "answer", "last_prompt", "turn", "all"])
 def test_chunked_prefill_equals_one_full_forward(family: str, positions: str) -> None:
     # The prompt fed in two cached chunks is steered on the same absolute positions as in one call.
     model = build_model(family)
@@ -293,7 +309,9 @@ def test_chunked_prefill_equals_one_full_forward(family: str, positions: str) ->
     vector = vec([1], seed=9)
     # Where the prompt ends cannot be seen from a chunk that is not its last: the caller says it.
     lengths = [7, 5] if positions in ("answer", "last_prompt") else None
-    with steer(model, vector, 1.0, positions=positions, prompt_lengths=lengths):
+    # Row 0's turn starts in the second chunk (column 5), row 1's in the first (column 3).
+    turns = [5, 1] if positions == "turn" else None
+    with steer(model, vector, 1.0, positions=positions, prompt_lengths=lengths, turn_starts=turns):
         full = forward(model, ids, mask, use_cache=False)
         cache = tf.DynamicCache(config=model.config)
         first = forward(model, ids[:, :4], mask[:, :4], **cache_kwarg(model, cache), use_cache=True)
@@ -335,13 +353,13 @@ def greedy(model: tf.PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, use
     return out[:, ids.shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("positions", ["all", "prompt", "answer", "last_prompt"])
+@pytest.mark.parametrize("positions", ["all", "prompt", "answer", "last_prompt", "turn"])
 def test_cached_generation_equals_uncached_generation(family: str, positions: str) -> None:
     model = build_model(family)
     ids, mask = ids_batch([6])
     vector = relative_vec(model, [1], seed=11, ratio=1.0)
     plain = greedy(model, ids, mask, use_cache=True)
-    with steer(model, vector, 1.0, positions=positions):
+    with steer(model, vector, 1.0, positions=positions, turn_starts=[3] if positions == "turn" else None):
         cached = greedy(model, ids, mask, use_cache=True)
         uncached = greedy(model, ids, mask, use_cache=False)
         if family == "llama":
@@ -412,7 +430,7 @@ def test_bad_steering_requests_raise_clear_config_errors(llama: tf.PreTrainedMod
     with pytest.raises(ConfigError, match="steering has hidden size 16 but the model has 32"):
         steer(llama, SteeringVector({1: torch.ones(16)}))
     with pytest.raises(ConfigError,
-                       match="unknown positions 'end'; choose one of last_prompt, answer, prompt, all"):
+                       match="unknown positions 'end'; choose one of last_prompt, answer, prompt, turn, all"):
         steer(llama, vec([1]), positions="end")
     with pytest.raises(ConfigError, match=r"no steering defined at layer\(s\) \[0, 2\]"):
         steer(llama, vec([1]), layers=[0, 1, 2])

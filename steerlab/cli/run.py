@@ -107,8 +107,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scoring", choices=("auto", "letters", "likelihood"), default="auto")
     p.add_argument("--length-normalize", action="store_true", help="choice likelihood per token")
-    p.add_argument("--positions", help="positions to search, a comma list of last_prompt, answer, prompt, all "
-                                        "(default last_prompt,answer)")
+    p.add_argument("--positions", help="positions to search, a comma list of last_prompt, answer, prompt, turn, "
+                                        "all (default last_prompt,answer,turn)")
     p.add_argument("--icl-k", type=int, default=4, help="in-context examples for the ICL controls")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="output folder (default steerlab-runs/<task>); re-running resumes")

@@ -93,6 +93,8 @@ class _PositionState:
     seen: int = 0  # columns processed so far in this sequence
     uncached: torch.Tensor | None = None  # input ids of the last call made without a KV cache
     explicit: torch.Tensor | None = None  # caller-given prompt lengths in real tokens, per row
+    turn_tokens: torch.Tensor | None = None  # caller-given real tokens before the user's turn, per row
+    turn_start: torch.Tensor | None = None  # (batch,) column of each row's first turn token
     columns: torch.Tensor | None = None  # (batch, chunk) absolute columns of the current call
     real: torch.Tensor | None = None  # (batch, chunk) True where the current call's token is not padding
 
@@ -141,24 +143,36 @@ def _track(state: _PositionState, args: tuple[Any, ...], kwargs: dict[str, Any])
     new_sequence = (state.prompt_end is None or offset != state.seen or offset == 0
                     or state.prompt_end.shape[0] != batch)
     if new_sequence or length > 1:
+        if state.turn_tokens is not None:
+            # The turn starts at its first token: the (turn_tokens + 1)-th real one.
+            state.turn_start = _column_after(full, state.turn_tokens + 1, offset + length, "turn_starts") - 1
         # The column after each row's last real token so far: the prompt (with any past from a caller's cache).
         last = torch.where(full, torch.arange(offset + length, device=device), -1).amax(dim=1)
         state.prompt_end = last + 1
         if state.explicit is not None:
-            if state.explicit.shape[0] != batch:
-                raise ConfigError(f"prompt_lengths has {state.explicit.shape[0]} rows but the batch has {batch}")
-            reached = full.long().cumsum(dim=1) >= state.explicit.to(device)[:, None]
             # A row whose prompt goes on past this call: all of it is prompt, its last prompt token is still ahead.
-            ahead = torch.full_like(last, offset + length + 1)
-            state.prompt_end = torch.where(reached.any(dim=1), reached.float().argmax(dim=1) + 1, ahead)
+            state.prompt_end = _column_after(full, state.explicit, offset + length, "prompt_lengths")
     state.seen = offset + length
+
+
+def _column_after(full: torch.Tensor, counts: torch.Tensor, width: int, name: str) -> torch.Tensor:
+    """(batch,) the column after each row's ``counts[row]``-th real token; ``width + 1`` where this call's columns
+    do not reach it yet."""
+    if counts.shape[0] != full.shape[0]:
+        raise ConfigError(f"{name} has {counts.shape[0]} rows but the batch has {full.shape[0]}")
+    reached = full.long().cumsum(dim=1) >= counts.to(full.device)[:, None]
+    return torch.where(reached.any(dim=1), reached.float().argmax(dim=1).long() + 1,
+                       torch.full((full.shape[0],), width + 1, dtype=torch.long, device=full.device))
 
 
 def _position_mask(state: _PositionState, positions: str) -> torch.Tensor:
     """(batch, chunk, 1) mask of the current call's steered positions; padding is steered only under ``all``."""
     assert state.columns is not None and state.real is not None and state.prompt_end is not None
     end = state.prompt_end.to(state.columns.device)[:, None]
-    if positions == "prompt":
+    if positions == "turn":
+        assert state.turn_start is not None
+        keep = (state.columns >= state.turn_start.to(state.columns.device)[:, None])
+    elif positions == "prompt":
         keep = state.columns < end
     elif positions == "answer":
         keep = state.columns >= end - 1
@@ -200,6 +214,7 @@ def apply_steering(
     layers: Iterable[int] | None = None,
     positions: Positions | str | None = None,
     prompt_lengths: Sequence[int] | None = None,
+    turn_starts: Sequence[int] | None = None,
 ) -> SteeringHandle:
     """Hook ``steering`` into ``model``: each hooked block's output becomes ``h + sum(w * strength * delta)``.
 
@@ -214,6 +229,7 @@ def apply_steering(
     a caller's prefix cache all give the same steered tokens as one full forward. ``prompt_lengths`` (real tokens
     per row) says where each row's prompt ends when one call holds prompt and answer together; chunked prefill needs
     it for ``answer`` and ``last_prompt``, since no hook can tell that a chunk is not the prompt's last.
+    ``turn_starts`` (real tokens before the user's last turn, per row) is required by ``turn``.
     """
     recipe = steering.recipe if isinstance(steering, SteeringVector) else None
     if strength is None:
@@ -223,6 +239,9 @@ def apply_steering(
     if layers is None and recipe is not None:
         layers = recipe.layers
     positions = check_positions(positions)
+    if positions == "turn" and turn_starts is None:
+        raise ConfigError("positions 'turn' need turn_starts= (real tokens before the user's turn, per row): "
+                          "steerlab.generate computes them, or use PromptStyle.turn_start")
     sources = _normalise(steering, strength)
     depth, width = num_layers(model), hidden_size(model)
     for source, _ in sources:
@@ -242,7 +261,8 @@ def apply_steering(
             raise ConfigError(f"no steering defined at layer(s) {missing}")
 
     handles: list[RemovableHandle] = []
-    state = _PositionState(explicit=None if prompt_lengths is None else torch.tensor(list(prompt_lengths)))
+    state = _PositionState(explicit=None if prompt_lengths is None else torch.tensor(list(prompt_lengths)),
+                           turn_tokens=None if turn_starts is None else torch.tensor(list(turn_starts)))
     if positions != "all" and by_layer:
 
         def track(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -278,7 +298,8 @@ def steer(
     layers: Iterable[int] | None = None,
     positions: Positions | str | None = None,
     prompt_lengths: Sequence[int] | None = None,
+    turn_starts: Sequence[int] | None = None,
 ) -> SteeringHandle:
     """Context-manager form of :func:`apply_steering`: the hooks are removed when the block exits, even on error."""
     return apply_steering(model, steering, strength, layers=layers, positions=positions,
-                          prompt_lengths=prompt_lengths)
+                          prompt_lengths=prompt_lengths, turn_starts=turn_starts)

@@ -58,6 +58,25 @@ class PromptStyle:
     def templated(self, tokenizer: PreTrainedTokenizerBase) -> bool:
         return self.chat and has_chat_template(tokenizer)
 
+    def turn_start(self, tokenizer: PreTrainedTokenizerBase, user: str,
+                   history: Sequence[tuple[str, str]] = ()) -> int:
+        """How many tokens of the encoded :meth:`render` come before the user's message (``turn`` positions).
+
+        Found as the tokens the rendering shares with the same rendering of other messages: what a different
+        message leaves unchanged is the system prompt, the earlier turns and the template's opening of the turn.
+        """
+        templated = self.templated(tokenizer)
+        ids = encode(tokenizer, self.render(tokenizer, user, history), templated=templated)
+        shared = len(ids)
+        # Two probes that differ in their first character: at least one differs from ``user`` there too.
+        for probe in ("0", "1"):
+            other = encode(tokenizer, self.render(tokenizer, probe, history), templated=templated)
+            common = 0
+            while common < min(len(ids), len(other)) and ids[common] == other[common]:
+                common += 1
+            shared = min(shared, common)
+        return shared
+
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str, *, templated: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])

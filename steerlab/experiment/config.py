@@ -41,7 +41,7 @@ class RunConfig:
     layers: tuple[int, ...] | None = None
     strengths: tuple[float, ...] | None = None
     unit: Unit = "relative"
-    positions: tuple[Positions, ...] | None = None  # searched; None: last_prompt and answer
+    positions: tuple[Positions, ...] | None = None  # searched; None: last_prompt, answer and turn
     select: Select = "directional"
     random_directions: int = 16  # at test, at the chosen point, per seed
     max_layers: int = 1  # above 1: also grow each method's point greedily into a set of up to this many layers
@@ -91,7 +91,7 @@ class RunConfig:
 
     def positions_grid(self, scoring: str) -> tuple[Positions, ...]:
         """The positions searched; under letter scoring ``answer`` is ``last_prompt`` and is not searched twice."""
-        wanted: tuple[Positions, ...] = self.positions or ("last_prompt", "answer")
+        wanted: tuple[Positions, ...] = self.positions or ("last_prompt", "answer", "turn")
         if scoring == "letters":
             same: dict[str, Positions] = {"answer": "last_prompt", "prompt": "all"}
             wanted = tuple(same.get(p, p) for p in wanted)

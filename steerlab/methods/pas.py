@@ -65,19 +65,22 @@ def scored_item(tokenizer: PreTrainedTokenizerBase, item: MCItem, fmt: TaskForma
                 history: Sequence[tuple[str, str]] = ()) -> ScoredItem:
     """Tokenise ``item`` for :func:`steerlab.runtime.sweep.score_pushes`; ``history`` prepends in-context examples.
 
-    The unsteered prefix and the steered chunks follow ``fmt.positions``. Under letter scoring the answer is the
-    letter predicted at the last prompt token, so ``answer`` and ``last_prompt`` coincide, as do ``prompt`` and
-    ``all``.
+    The unsteered prefix and the steered chunks follow ``fmt.positions`` (``turn``: the prefix is the system prompt
+    and earlier turns, the chunk the user's turn and the answer). Under letter scoring the answer is the letter
+    predicted at the last prompt token, so ``answer`` and ``last_prompt`` coincide, as do ``prompt`` and ``all``.
     """
     templated = fmt.style.templated(tokenizer)
     if fmt.scoring == "letters":
-        prompt = encode(tokenizer, fmt.style.render(tokenizer, lettered_prompt(item.question, item.choices,
-                                                                                item.context), history),
-                        templated=templated)
+        user = lettered_prompt(item.question, item.choices, item.context)
+        prompt = encode(tokenizer, fmt.style.render(tokenizer, user, history), templated=templated)
         if fmt.positions in ("prompt", "all"):
             return ScoredItem((), (tuple(prompt),))
+        if fmt.positions == "turn":
+            turn = fmt.style.turn_start(tokenizer, user, history)
+            return ScoredItem(tuple(prompt[:turn]), (tuple(prompt[turn:]),))
         return ScoredItem(tuple(prompt[:-1]), ((prompt[-1],),))
-    head = fmt.style.render(tokenizer, question_text(item.question, item.context), history)
+    user = question_text(item.question, item.context)
+    head = fmt.style.render(tokenizer, user, history)
     continuations = [encode_continuation(tokenizer, head, choice, templated=templated) for choice in item.choices]
     question = continuations[0][0]
     if any(q != question for q, _ in continuations) or any(not answer for _, answer in continuations):
@@ -87,6 +90,10 @@ def scored_item(tokenizer: PreTrainedTokenizerBase, item: MCItem, fmt: TaskForma
         return ScoredItem((), tuple(tuple(question + a) for _, a in continuations),
                           tuple(len(question) - 1 for _ in continuations),
                           len(question) if fmt.positions == "prompt" else None)
+    if fmt.positions == "turn":
+        turn = min(fmt.style.turn_start(tokenizer, user, history), len(question) - 1)
+        return ScoredItem(tuple(question[:turn]), tuple(tuple(question[turn:] + a) for _, a in continuations),
+                          tuple(len(question) - 1 - turn for _ in continuations))
     return ScoredItem(tuple(question[:-1]), tuple((question[-1], *a) for _, a in continuations),
                       tuple(0 for _ in continuations), 1 if fmt.positions == "last_prompt" else None)
 

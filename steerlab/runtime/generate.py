@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from steerlab.core.hooks import Steering, steer
+from steerlab.core.vector import SteeringVector
 from steerlab.data.prompts import PromptStyle
 
 
@@ -61,12 +62,15 @@ def generate(
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     generator = cast(Callable[..., torch.Tensor], model.generate)  # nn.Module types attributes as Tensor | Module
+    recipe = steering.recipe if isinstance(steering, SteeringVector) else None
+    turn = (positions or (recipe.positions if recipe is not None else None)) == "turn"
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(seed)
         if steering is None:
             out = generator(**batch, **kwargs)
         else:
-            with steer(model, steering, strength, layers=layers, positions=positions):
+            with steer(model, steering, strength, layers=layers, positions=positions,
+                       turn_starts=[style.turn_start(tokenizer, p) for p in prompts] if turn else None):
                 out = generator(**batch, **kwargs)
     new = out[:, batch["input_ids"].shape[1]:]
     return [str(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
