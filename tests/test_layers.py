@@ -24,7 +24,9 @@ LAYERS: list[set[str]] = [
     {"methods"},
     {"experiment"},
     {"psr"},
+    {"conditional"},
     {"files"},
+    {"suite"},
     {"cli"},
     {"__init__"},
 ]

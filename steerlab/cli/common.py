@@ -69,7 +69,8 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
     from steerlab.models import load_model
 
     note(args, f"loading {args.model or 'the embedded SmolLM2-135M-Instruct'} ...")
-    return load_model(args.model, gguf_file=getattr(args, "gguf_file", None))
+    return load_model(args.model, gguf_file=getattr(args, "gguf_file", None), dtype=getattr(args, "dtype", "fp32"),
+                      device=getattr(args, "device", None), device_map=getattr(args, "device_map", None))
 
 
 def note(args: argparse.Namespace, message: str) -> None:
@@ -88,10 +89,20 @@ def add_common(parser: argparse.ArgumentParser, *, model: bool = True, chat: boo
         parser.add_argument("--model", help="hub id, local folder or .gguf file (default: the embedded "
                                             "SmolLM2-135M-Instruct)")
         parser.add_argument("--gguf-file", help="the .gguf file inside --model when --model is a folder")
+        add_device_flags(parser)
     if chat:
         parser.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes on stderr")
 
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--device, --dtype and --device-map: where the model's weights live and in which precision."""
+    parser.add_argument("--device", help="torch device for the model, e.g. cuda, cuda:1, mps (default: cpu)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="weights and activations precision (default fp32); part of every stored result's key")
+    parser.add_argument("--device-map", help="spread the blocks over the devices with accelerate: auto, balanced "
+                                             "(instead of --device)")
 
 
 def run_command(args: argparse.Namespace) -> int:

