@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import build_model, build_tokenizer
 
+from steerlab.cli.main import main
 from steerlab.errors import DataError
 from steerlab.experiment.config import RunConfig
 from steerlab.experiment.runner import run_task
@@ -147,3 +149,14 @@ def test_the_spec_file_gives_the_grid_and_names_what_is_wrong(tmp_path: Path) ->
         with pytest.raises(DataError) as info:
             load_spec(path)
         assert str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+def test_an_unreachable_ray_address_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"  # closed again: nothing listens there
+    code = main(["suite", "--tasks", "caa/refusal", "--address", address, "--out", str(tmp_path), "-q"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith(f"steerlab suite: error: cannot reach the Ray cluster at {address}: ")
+    assert not (tmp_path / "units").exists()
