@@ -13,7 +13,7 @@ item as ``steerlab run`` does), with last-token steering under letter scoring (t
 
 The sweep's scores are checked against the straightforward ones on the timed points (max abs difference of the
 per-choice scores). With ``--scoring likelihood`` the steered positions are the answer-predicting tokens
-(``positions="generated"`` around ``choice_logprobs``) instead.
+(``positions="answer"`` around ``choice_logprobs``) instead.
 
     . .venv/bin/activate && python benchmarks/sweep.py
 """
@@ -129,7 +129,7 @@ def main() -> None:
     ]
     direct: list[Timing] = []
     worst = 0.0
-    positions = "last_prompt" if args.scoring == "letters" else "generated"
+    positions = "last_prompt" if args.scoring == "letters" else "answer"
     for layer, strength in points:
         with apply_steering(model, vector, strength, layers=[layer], positions=positions):
             scores, t = timed(plain)
