@@ -16,6 +16,7 @@ from steerlab.data.items import ContrastPair, MCItem, load_items, load_pairs
 from steerlab.data.tasks import list_tasks, load_task
 from steerlab.errors import ConfigError, DataError, ModelError, SteerlabError, VectorFileError
 from steerlab.files import load_steering
+from steerlab.interop.hub import from_pretrained, push_to_hub, save_pretrained
 from steerlab.methods.train import train_vector
 from steerlab.models import load_model
 from steerlab.psr.model import PSRModel
@@ -33,6 +34,7 @@ __all__ = [
     "VectorFileError",
     "__version__",
     "apply_steering",
+    "from_pretrained",
     "generate",
     "list_tasks",
     "load_items",
@@ -40,6 +42,8 @@ __all__ = [
     "load_pairs",
     "load_steering",
     "load_task",
+    "push_to_hub",
+    "save_pretrained",
     "steer",
     "train_vector",
 ]
