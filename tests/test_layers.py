@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"conditional"},
     {"files"},
     {"suite"},
+    {"serve"},
     {"cli"},
     {"__init__"},
 ]

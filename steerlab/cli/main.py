@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from steerlab.cli import psr, run, suite, vectors
+from steerlab.cli import psr, run, serve, suite, vectors
 from steerlab.cli.common import run_command
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.register(sub)
     psr.register(sub)
     suite.register(sub)
+    serve.register(sub)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""From a validated request body to an engine job: the prompt's tokens, the sampling, each steering item resolved
+against the vector library and checked against the limits. Every refusal is an :class:`ApiError` with its status.
+
+Example::
+
+    service = Service(engine, tokenizer, library, ServeSettings(model_id="smollm2-135m"))
+    job, steering = service.job(ChatRequest.model_validate(body))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from steerlab.core.rows import RowTerm, row_term
+from steerlab.errors import ConfigError
+from steerlab.serve.engine import Engine, Job, Sampling
+from steerlab.serve.protocol import ChatRequest, CompletionRequest
+from steerlab.serve.settings import ServeSettings
+from steerlab.serve.vectors import VectorLibrary
+
+
+class ApiError(Exception):
+    """A refused request: the HTTP status, an OpenAI-style error type, and the field at fault."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+
+
+@dataclass
+class Service:
+    engine: Engine
+    tokenizer: PreTrainedTokenizerBase
+    library: VectorLibrary
+    settings: ServeSettings
+    max_positions: int | None = None  # the model's context length, when its config says
+    _chat_template: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+
+    def job(self, request: ChatRequest | CompletionRequest) -> tuple[Job, list[dict[str, Any]]]:
+        """The engine job for ``request`` and its steering as applied (for the response)."""
+        limits = self.settings.limits
+        if request.model != self.settings.model_id:
+            raise ApiError(404, f"model {request.model!r} is not served here; this server serves "
+                                f"{self.settings.model_id!r}", kind="model_not_found", param="model")
+        prompt = self._prompt(request)
+        if len(prompt) > limits.max_prompt_tokens:
+            raise ApiError(400, f"the prompt has {len(prompt)} tokens; the limit is {limits.max_prompt_tokens}",
+                           param="messages" if isinstance(request, ChatRequest) else "prompt")
+        asked = request.max_tokens
+        if isinstance(request, ChatRequest) and request.max_completion_tokens is not None:
+            asked = request.max_completion_tokens
+        max_tokens = asked if asked is not None else limits.max_tokens
+        if max_tokens > limits.max_tokens:
+            raise ApiError(400, f"max_tokens is {max_tokens}; the limit is {limits.max_tokens}", param="max_tokens")
+        if self.max_positions is not None and len(prompt) + max_tokens > self.max_positions:
+            raise ApiError(400, f"prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+                                f"context of {self.max_positions}", param="max_tokens")
+        terms, applied = self._steering(request)
+        sampling = Sampling(max_tokens, request.temperature, request.top_p, request.seed, request.stops())
+        return Job(tuple(prompt), sampling, tuple(terms)), applied
+
+    def _prompt(self, request: ChatRequest | CompletionRequest) -> list[int]:
+        if isinstance(request, CompletionRequest):
+            return [int(t) for t in self.tokenizer(request.prompt)["input_ids"]]
+        if not self._chat_template:
+            raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
+        messages = [message.model_dump() for message in request.messages]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+        return [int(t) for t in ids]  # type: ignore[arg-type]
+
+    def _steering(self, request: ChatRequest | CompletionRequest) -> tuple[list[RowTerm], list[dict[str, Any]]]:
+        limits = self.settings.limits
+        if len(request.steering) > limits.max_vectors:
+            raise ApiError(400, f"{len(request.steering)} steering items; the limit is {limits.max_vectors}",
+                           param="steering")
+        terms, applied = [], []
+        for number, item in enumerate(request.steering):
+            where = f"steering[{number}]"
+            if item.strength is not None and abs(item.strength) > limits.max_strength:
+                raise ApiError(400, f"strength {item.strength} is outside [-{limits.max_strength}, "
+                                    f"{limits.max_strength}]", param=f"{where}.strength")
+            try:
+                entry = self.library.get(item.vector)
+                term = row_term(entry.source, item.strength, layers=item.layers, positions=item.positions)
+            except ConfigError as exc:
+                raise ApiError(400, str(exc), param=where) from None
+            if abs(term.weight) > limits.max_strength:  # a recipe's own strength is held to the same limit
+                raise ApiError(400, f"strength {term.weight} (from the vector's recipe) is outside "
+                                    f"[-{limits.max_strength}, {limits.max_strength}]", param=f"{where}.strength")
+            terms.append(term)
+            applied.append({"vector": entry.name, "strength": term.weight, "layers": sorted(term.layers),
+                            "positions": term.positions})
+        return terms, applied
