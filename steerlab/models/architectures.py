@@ -157,6 +157,7 @@ def final_logits(model: nn.Module, hidden: torch.Tensor,
     when scoring a few answer letters; the result's last dimension then follows ``token_ids``.
     """
     arch = architecture(model)
+    device = hidden.device  # the logits come back there, wherever a device map put the head
     hidden = final_norm(model)(hidden)
     if arch.final_proj is not None:
         proj = _resolve(model, arch.final_proj, "final_proj")
@@ -171,14 +172,14 @@ def final_logits(model: nn.Module, hidden: torch.Tensor,
     elif isinstance(head, nn.Linear):
         rows = token_ids.to(head.weight.device)
         bias = None if head.bias is None else head.bias[rows]
-        logits = nn.functional.linear(hidden, head.weight[rows], bias)
+        logits = nn.functional.linear(hidden.to(rows.device), head.weight[rows], bias)
     else:
         logits = head(hidden)[..., token_ids]
     if arch.logit_softcap is not None:
         cap = getattr(_text_config(model), arch.logit_softcap, None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-    return logits
+    return logits.to(device)
 
 
 def _text_config(model: nn.Module) -> Any:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from steerlab.errors import ModelError
 from steerlab.models.architectures import model_name
 
 
@@ -21,10 +22,21 @@ def weights_digest(model: nn.Module) -> str:
     digest = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.is_meta:  # offloaded by an accelerate device map: hash the copy it loads for each forward
+                tensor = _offloaded(model, name)
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
             flat = tensor.detach().to("cpu").contiguous().view(-1)
             digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return digest.hexdigest()
+
+
+def _offloaded(model: nn.Module, name: str) -> torch.Tensor:
+    module_name, _, leaf = name.rpartition(".")
+    weights = getattr(getattr(model.get_submodule(module_name), "_hf_hook", None), "weights_map", None)
+    if weights is None:
+        raise ModelError(f"{name} is on the meta device and has no offloaded copy: the model is not fully loaded")
+    tensor: torch.Tensor = weights[leaf]
+    return tensor
 
 
 def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -111,5 +111,5 @@ def run_above(
             out = blocks[index](**{**kwargs, "hidden_states": hidden})
         hidden = out[0] if isinstance(out, tuple) else out
         if additions is not None and index in additions:
-            hidden = hidden + additions[index]
+            hidden = hidden + additions[index].to(hidden.device)  # blocks of a device map sit on several devices
     return hidden

@@ -167,7 +167,8 @@ def _check_sets(sets: Mapping[LayerSet, Mapping[int, torch.Tensor]]) -> None:
 def _on_steered(additions: torch.Tensor, steered: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(rows * P, seq, hidden): each of the P push rows on the steered positions of every chunk, rows grouped."""
     repeat = additions.shape[0]
-    add = additions.to(device=like.device, dtype=like.dtype).view(1, repeat, 1, -1) * steered[:, None].to(like.dtype)
+    add = (additions.to(device=like.device, dtype=like.dtype).view(1, repeat, 1, -1)
+           * steered[:, None].to(device=like.device, dtype=like.dtype))  # the block may sit on another device
     return add.reshape(like.shape[0] * repeat, *like.shape[1:])
 
 
