@@ -198,7 +198,10 @@ class Engine:
                     ticket.finished.set()
                 else:
                     self._guard([ticket], functools.partial(self._prefill, ticket))
+            cancelled = [row.ticket for row in self._rows if row.ticket.cancelled]
             self._forget(lambda row: row.ticket.cancelled)
+            for ticket in cancelled:
+                ticket.finished.set()
             if self._rows:
                 self._guard([row.ticket for row in self._rows], self._decode)
 
@@ -208,18 +211,16 @@ class Engine:
             step()
         except Exception as exc:  # the worker must outlive any one request
             message = f"generation failed: {type(exc).__name__}: {exc}"
+            self._forget(lambda row: row.ticket in tickets)
             for ticket in tickets:
                 if not ticket.finished.is_set():
                     ticket.send(Failed(message))
-            self._forget(lambda row: row.ticket.finished.is_set())
 
     def _forget(self, gone: Callable[[_Row], bool]) -> None:
+        """Drop the rows ``gone`` selects from the batch (their tickets' last events are the caller's to send)."""
         keep = [i for i, row in enumerate(self._rows) if not gone(row)]
-        with self._cond:
-            if len(keep) != len(self._rows):
-                for row in self._rows:
-                    if gone(row) and not row.ticket.finished.is_set():
-                        row.ticket.finished.set()
+        if len(keep) != len(self._rows):
+            with self._cond:
                 self._kv.keep(keep)
                 self._rows = [self._rows[i] for i in keep]
 
@@ -244,8 +245,10 @@ class Engine:
         row = _Row(ticket, generator)
         cache = DynamicCache(config=self._config)
         logits = self._forward([(job.terms, len(job.prompt))], torch.tensor([job.prompt]), cache)
-        self._emit(row, logits[0])
-        if not row.done:
+        done = self._emit(row, logits[0])
+        if done is not None:
+            ticket.send(done)
+        else:
             with self._cond:
                 self._kv.join(KVBatch.from_cache(cache))
                 self._rows.append(row)
@@ -259,11 +262,14 @@ class Engine:
         logits = self._forward([(row.ticket.job.terms, len(row.ticket.job.prompt)) for row in self._rows], ids,
                                cache, attention_mask=mask.to(self._device), position_ids=positions.to(self._device))
         kv.absorb(cache, 1)
-        for row, row_logits in zip(self._rows, logits, strict=True):
-            self._emit(row, row_logits)
-        self._forget(lambda row: row.done)
+        finals = [(row, self._emit(row, row_logits)) for row, row_logits in zip(self._rows, logits, strict=True)]
+        self._forget(lambda row: row.done)  # before the last events, so that a finished request holds no row
+        for row, done in finals:
+            if done is not None:
+                row.ticket.send(done)
 
-    def _emit(self, row: _Row, logits: torch.Tensor) -> None:
+    def _emit(self, row: _Row, logits: torch.Tensor) -> Done | None:
+        """Sample the row's next token and send its new text; the final event, when this was the last token."""
         sampling = row.ticket.job.sampling
         token = _choose(logits, sampling, row.generator)
         row.sampled += 1
@@ -282,9 +288,10 @@ class Engine:
         if len(ready) > row.sent or finished is None:
             row.ticket.send(Chunk(ready[row.sent:], token))
             row.sent = max(row.sent, len(ready))
-        if finished:
-            row.done = True
-            row.ticket.send(Done(finished, len(row.ticket.job.prompt), row.sampled, tuple(row.tokens)))
+        if finished is None:
+            return None
+        row.done = True
+        return Done(finished, len(row.ticket.job.prompt), row.sampled, tuple(row.tokens))
 
 
 def _settled(text: str, stops: tuple[str, ...]) -> str:
