@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from steerlab.cli import psr, run, serve, suite, vectors
+from steerlab.cli import condition, psr, run, serve, suite, vectors
 from steerlab.cli.common import run_command
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     vectors.register(sub)
     psr.register(sub)
+    condition.register(sub)
     suite.register(sub)
     serve.register(sub)
     return parser

@@ -33,6 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from steerlab.cli.condition import conditional_column
+    from steerlab.conditional.program import ConditionalProgram
     from steerlab.files import load_steering
     from steerlab.runtime.generate import generate
 
@@ -50,7 +52,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     columns: list[tuple[str, list[str]]] = []
     if steering is None or not args.no_baseline:
         columns.append(("unsteered", generate(model, tok, prompts, **common)))
-    if steering is not None:
+    if args.condition or isinstance(steering, ConditionalProgram):
+        columns.append(conditional_column(args, model, tok, prompts, steering, common))
+    elif steering is not None:
         recipe = getattr(steering, "recipe", None)
         if recipe is not None and args.strength is None:
             note(args, f"applying the vector's recipe: layers {list(recipe.layers)}, strength {recipe.strength:g} "
@@ -176,6 +180,11 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--no-baseline", action="store_true", help="only the steered generations")
+    p.add_argument("--condition", action="append", default=[],
+                   help="a condition file (steerlab condition train): steer only the prompts where it holds "
+                        "(repeatable; all must hold unless --rule says otherwise)")
+    p.add_argument("--rule", action="append", default=[], help="with --condition: e.g. 'if harmful and not "
+                                                               "medical then vector' (the --vector is 'vector')")
     p.add_argument("--json", action="store_true")
     add_common(p)
     p.set_defaults(func=cmd_generate)
