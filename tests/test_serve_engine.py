@@ -98,8 +98,10 @@ def test_alone_tokens_equal_transformers_generate(engine: Engine) -> None:
 def test_batched_requests_get_what_they_get_alone(engine: Engine) -> None:
     # Six requests with four steering set-ups; three join while the first three are decoding.
     a, b = _vector(2), _vector(3)
-    specs: list[tuple[RowTerm, ...]] = [(), (row_term(a, 1.0),), (row_term(b, -1.5, layers=[1], positions="answer"),),
-                                        (row_term(a, 0.5), row_term(b, 0.5, positions="prompt")), (), (row_term(a, 1.0),)]
+    specs: list[tuple[RowTerm, ...]] = [
+        (), (row_term(a, 1.0),), (row_term(b, -1.5, layers=[1], positions="answer"),),
+        (row_term(a, 0.5), row_term(b, 0.5, positions="prompt")), (), (row_term(a, 1.0),),
+    ]
     jobs = [_job(seed, terms) for seed, terms in enumerate(specs)]
     alone = [_run(engine, [job])[0].done.tokens for job in jobs]
     late: list[Ticket] = []
