@@ -45,8 +45,7 @@ def vectors(smol: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     model, tok = smol
     folder = tmp_path_factory.mktemp("vectors")
     for name in SETS:  # the survival vector is the one whose effect is measured; the others only need to differ
-        shortest = sorted(load_caa_pairs(name), key=lambda pair: len(pair.prompt or ""))  # cheap to read
-        vector = train_vector(model, tok, shortest[:8 if name == "survival-instinct" else 2], [LAYER])
+        vector = train_vector(model, tok, load_caa_pairs(name)[:8 if name == "survival-instinct" else 2], [LAYER])
         if name == "sycophancy":
             export_gguf(vector, folder / f"{name}.gguf")
         else:
@@ -177,7 +176,8 @@ def test_every_bad_request_gets_its_4xx_and_the_server_keeps_serving(client: ope
     refused(good, 401, "missing or wrong API key", key="wrong")
     code, reply = _post_raw(chat, b'{"model": "smol", "messages": [', KEY)
     assert code == 400 and reply["error"]["message"].startswith("malformed JSON body"), reply
-    code, reply = _post_raw(chat, json.dumps({**good, "messages": [{"role": "user", "content": "x" * 70_000}]}).encode())
+    huge = {**good, "messages": [{"role": "user", "content": "x" * 70_000}]}
+    code, reply = _post_raw(chat, json.dumps(huge).encode())
     assert code == 413 and "over the limit of 65536 bytes" in reply["error"]["message"], reply
     with pytest.raises(openai.NotFoundError):
         openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0).chat.completions.create(
@@ -229,7 +229,8 @@ def test_listing_streaming_usage_and_completions(client: openai.OpenAI, server: 
     assert whole.model_extra is not None
     assert whole.model_extra["steering"] == [{"vector": "refusal", "strength": 0.5, "layers": [LAYER],
                                               "positions": "answer"}]
-    assert whole.usage is not None and whole.usage.completion_tokens == 10 and whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 10
+    assert whole.choices[0].finish_reason == "length"
     chunks = list(client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=10, temperature=0, stream=True,
         stream_options={"include_usage": True}, extra_body={"steering": steering}))
