@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,6 +88,19 @@ def test_a_unit_with_bad_data_is_recorded_and_the_others_finish(suite: tuple[Sui
     assert [c["task"] for c in data["cells"]] == list(spec.tasks[:2])
     markdown = (out / SUITE_MD).read_text()
     assert "4 of 6 units done, 2 failed" in markdown and failed[0]["error"].replace("|", "\\|") in markdown
+
+
+def test_a_model_that_does_not_load_fails_its_units_only(suite: tuple[SuiteSpec, Path], tmp_path: Path) -> None:
+    spec, serial = suite
+    out = tmp_path / "more"
+    shutil.copytree(serial, out)
+    missing = str(tmp_path / "no-such-model")
+    grown = replace(spec, models=(*spec.models, missing))
+    report = run_suite(grown, out)  # the first model's units are finished: only the new model's run
+    assert [u.outcome for u in report.units[:6]] == [u.outcome for u in aggregate(spec, serial).units]
+    assert [u.error for u in report.units[6:]] == [
+        f"the model {missing} did not load: steerlab.errors.ModelError: model path {missing} does not exist"] * 6
+    assert report.cells == aggregate(spec, serial).cells
 
 
 def test_changed_settings_make_a_finished_unit_run_again(suite: tuple[SuiteSpec, Path]) -> None:

@@ -18,9 +18,12 @@ def _names(text: str) -> tuple[str, ...]:
     return values
 
 
-# Flags that override a spec file's ``run`` settings when given (their default is None).
-_RUN_FLAGS = ("layers", "strengths", "n_train", "n_val", "n_test", "random_directions", "scoring", "batch_size",
-              "icl_k", "unit", "select", "max_layers")
+# `steerlab run` settings a flag sets for every unit, overriding a spec file's ``run`` (their default is None).
+_RUN_FLAGS: dict[str, dict[str, Any]] = {
+    "layers": {"type": ints}, "strengths": {"type": floats}, "unit": {"choices": ("relative", "absolute")},
+    "select": {"choices": ("directional", "accuracy")}, "max_layers": {"type": int}, "n_train": {"type": int},
+    "n_val": {"type": int}, "n_test": {"type": int}, "random_directions": {"type": int},
+    "scoring": {"choices": ("auto", "letters", "likelihood")}, "icl_k": {"type": int}, "batch_size": {"type": int}}
 
 
 def _spec(args: argparse.Namespace) -> Any:
@@ -42,8 +45,8 @@ def _spec(args: argparse.Namespace) -> Any:
         grid["models"] = args.models
     if args.methods:
         grid["methods"] = PAS_METHODS if args.methods == ("all",) else args.methods
-    if args.seeds is not None:
-        grid["seeds"] = tuple(range(args.seed, args.seed + args.seeds))
+    if args.seeds is not None or args.seed != 0:
+        grid["seeds"] = tuple(range(args.seed, args.seed + (args.seeds or 1)))
     for name in ("dtype", "device", "device_map"):
         if getattr(args, name) is not None:
             grid[name] = getattr(args, name)
@@ -98,18 +101,9 @@ def register(sub: Any) -> None:
                                                   "(default ipas-wo)")
     p.add_argument("--seeds", type=int, help="seeds per (model, task, method), from --seed (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layers", type=ints)
-    p.add_argument("--strengths", type=floats)
-    p.add_argument("--unit", choices=("relative", "absolute"))
-    p.add_argument("--select", choices=("directional", "accuracy"))
-    p.add_argument("--max-layers", type=int)
-    p.add_argument("--n-train", type=int)
-    p.add_argument("--n-val", type=int)
-    p.add_argument("--n-test", type=int)
-    p.add_argument("--random-directions", type=int)
-    p.add_argument("--scoring", choices=("auto", "letters", "likelihood"))
-    p.add_argument("--icl-k", type=int)
-    p.add_argument("--batch-size", type=int)
+    for name, kind in _RUN_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, **kind, help=f"as in steerlab run {flag}, for every unit (overrides the spec file)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the models' chat templates")
     p.add_argument("--out", default="steerlab-suite", help="output folder (default steerlab-suite); re-running "
                                                             "resumes, skipping finished units")

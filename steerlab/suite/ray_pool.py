@@ -110,7 +110,7 @@ def run_on_ray(spec: SuiteSpec, out: str | Path, units: Sequence[Unit], *, worke
                 actor, unit = running.pop(ref)
                 try:
                     status = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
+                except ray.exceptions.RayError as exc:  # the replica died (killed, out of memory) or Ray failed
                     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     status = record_failure(out, unit, f"its worker process died {RESTARTS + 1} times: {reason}")
                     ray.kill(actor)

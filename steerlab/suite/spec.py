@@ -108,8 +108,15 @@ class SuiteSpec:
         data = Path(unit.task)
         digest = hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else None
         parts = [__version__, asdict(unit), asdict(self.config(unit)), self.dtype, self.device, self.device_map,
-                 digest]
+                 digest, _files_signature(Path(unit.model))]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _files_signature(path: Path) -> list[tuple[str, int, int]]:
+    """Names, sizes and modification times of a local model's files: a model retrained in place runs again."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return [(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in files]
 
 
 def load_spec(path: str | Path) -> SuiteSpec:
