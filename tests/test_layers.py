@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"interop"},
     {"runtime"},
     {"methods"},
+    {"finetune"},
     {"experiment"},
     {"psr"},
     {"conditional"},

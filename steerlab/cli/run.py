@@ -45,6 +45,15 @@ def _items(args: argparse.Namespace) -> tuple[str, Any]:
     return args.task, load_task(args.task)
 
 
+def _retain(spec: str | None) -> dict[str, Any]:
+    from steerlab.experiment.retention import parse_spec
+
+    if spec is None:
+        return {}
+    task, count = parse_spec(spec)
+    return {"retain": task, "retain_n": count}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from steerlab.experiment.config import RunConfig
     from steerlab.experiment.report import result_table, write_report
@@ -61,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        n_train=args.n_train, n_val=args.n_val,
                        n_test=args.n_test, seeds=args.seeds, seed=args.seed, scoring=args.scoring,
                        length_normalize=args.length_normalize, chat=not args.no_chat, icl_k=args.icl_k,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, compare_sft=args.compare == "sft", **_retain(args.retain))
     model, tok = load_model_from_args(args)
     bars = Bars(not args.quiet)
     result = run_task(model, tok, items, config, out_dir=out, progress=bars)
@@ -73,8 +82,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for method, vector in sorted(result.vectors.items()):
         vector.save(out / "vectors" / f"{method}.safetensors")
     result.vectors[best].save(out / "vector.safetensors")
+    if result.sft is not None:
+        from steerlab.finetune.lora import save_adapter
+
+        save_adapter(result.sft.adapter, out / "sft" / "adapter")
+        result.sft.vector.save(out / "sft" / "pas-on-lora.safetensors")
     print(result_table(report))
-    print(f"\nwrote {out}/: vector.safetensors ({best}), vectors/, " + ", ".join(p.name for p in written))
+    print(f"\nwrote {out}/: vector.safetensors ({best}), vectors/, " + ", ".join(p.name for p in written)
+          + (", sft/adapter/, sft/pas-on-lora.safetensors" if result.sft is not None else ""))
     return 0
 
 
@@ -118,6 +133,13 @@ def register(sub: Any) -> None:
                                         "all (default last_prompt,answer,turn)")
     p.add_argument("--icl-k", type=int, default=4, help="in-context examples for the ICL controls")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--retain", nargs="?", const="mmlu", metavar="TASK[:N]",
+                   help="what the chosen steering costs: N items (default 100) of a built-in task it was not selected "
+                        "on (default mmlu) unsteered vs steered, and KL / perplexity on neutral requests")
+    p.add_argument("--compare", choices=("sft",),
+                   help="sft: also train a LoRA adapter (PEFT) on the same training split, rate and epochs chosen on "
+                        "the same validation split, and run PAS on top of it; reports PAS, LoRA and LoRA + PAS on the "
+                        "same test items with time and bytes stored")
     p.add_argument("--out", help="output folder (default steerlab-runs/<task>); re-running resumes")
     add_common(p)
     p.set_defaults(func=cmd_run)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from steerlab.core.positions import Positions, check_positions
 from steerlab.errors import ConfigError
@@ -56,6 +56,10 @@ class RunConfig:
     chat: bool = True
     icl_k: int = 4
     batch_size: int = 8
+    # What the chosen steering costs, on a built-in task it was not selected on (experiment.retention); None: skip.
+    retain: str | None = None
+    retain_n: int = 100
+    compare_sft: bool = False  # also fine-tune a LoRA adapter on the same splits, and PAS on top (finetune.lora)
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -79,9 +83,17 @@ class RunConfig:
                                   "and measures each one's negation itself (use --select accuracy for signed grids)")
         if self.random_directions < 1:
             raise ConfigError(f"random_directions must be at least 1, got {self.random_directions}")
-        for count in ("n_train", "n_val", "n_test", "seeds", "batch_size", "max_layers"):
+        if self.retain is not None and self.retain == self.task:
+            raise ConfigError(f"--retain {self.retain}: retention is measured on a task the steering was not "
+                              "selected on; choose another task (default mmlu)")
+        for count in ("n_train", "n_val", "n_test", "seeds", "batch_size", "max_layers", "retain_n"):
             if getattr(self, count) < 1:
                 raise ConfigError(f"{count} must be at least 1, got {getattr(self, count)}")
+
+    @property
+    def pas_settings(self) -> dict[str, Any]:
+        """The settings PAS results depend on: adding --retain or --compare to a finished run reuses its work."""
+        return {k: v for k, v in asdict(self).items() if k not in ("retain", "retain_n", "compare_sft")}
 
     @property
     def strength_grid(self) -> tuple[float, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from steerlab.core.vector import atomic_output
 from steerlab.errors import ConfigError
+from steerlab.experiment.compare import markdown as sft_markdown
 from steerlab.experiment.plots import (
     EFFECTS_PNG,
     GAIN_PNG,
@@ -25,6 +26,7 @@ from steerlab.experiment.plots import (
     plot_vs_strength,
     png,
 )
+from steerlab.experiment.retention import markdown as retention_markdown
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -209,6 +211,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     grown = {name: m for name, m in report["methods"].items() if m.get("multi_layer")}
     if grown:
         parts += ["## Layer sets", _layer_set_section(grown)]
+    if report.get("retention"):
+        parts += ["## Retention: what the steering costs elsewhere", retention_markdown(report["retention"])]
+    if report.get("sft"):
+        parts += ["## PAS, LoRA and LoRA + PAS", sft_markdown(report["sft"])]
     parts += ["## Test effects", f"![Test deltas of the vector, its negation and random directions]({EFFECTS_PNG})"]
     timings = report.get("timings") or {}
     if timings:
@@ -297,4 +303,10 @@ def result_table(report: dict[str, Any]) -> str:
     m = _chosen(report)
     points = "; ".join(f"seed {s['seed']}: {_point(s, report['unit'])}" for s in m["per_seed"])
     lines += ["", f"chosen: {report['method']} ({points})", f"verdict: {m['verdict']}: {m['verdict_text']}"]
+    if report.get("retention"):
+        lines.append(f"retention: {report['retention']['cost']}: {report['retention']['verdict_text']}")
+    if report.get("sft"):
+        lines += ["", *_fixed_width(["compare", "test acc", "delta [95% CI]", "seconds", "bytes"], [
+            [a["name"], _acc(a["test_accuracy"]["value"]), _estimate(a["delta"]), f"{a['seconds']:.0f}",
+             f"{a['bytes_stored']:,}"] for a in report["sft"]["arms"]])]
     return "\n".join(lines)

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from steerlab.core.positions import Positions
+from steerlab.experiment.compare import SFTComparison
+from steerlab.experiment.retention import Retention
 from steerlab.experiment.stats import Estimate
 
 Verdict = Literal["directional", "disruption only", "no change", "harmful"]
@@ -165,6 +167,8 @@ class RunReport:
     letters: dict[str, dict[str, int]]
     grid: dict[str, list[Any]]
     timings: dict[str, float] = field(default_factory=dict)
+    retention: Retention | None = None  # what the chosen steering costs elsewhere (``--retain``)
+    sft: SFTComparison | None = None  # PAS, LoRA and LoRA + PAS on the same test items (``--compare sft``)
 
     @property
     def chosen(self) -> MethodResult:
@@ -197,4 +201,6 @@ class RunReport:
             "letters": self.letters,
             "grid": self.grid,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            **({"retention": self.retention.summary()} if self.retention is not None else {}),
+            **({"sft": self.sft.summary()} if self.sft is not None else {}),
         }

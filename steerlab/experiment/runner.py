@@ -45,8 +45,11 @@ from steerlab.core.vector import SteeringVector
 from steerlab.data.items import MCItem, Splits, shuffle_choices, split_items
 from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
+from steerlab.experiment.compare import PasOnTop, SeedSplit, SFTArtifacts, compare_sft
 from steerlab.experiment.config import RunConfig, default_sweep_layers
 from steerlab.experiment.results import MethodResult, RunReport, SeedOutcome, SweepCell, verdict
+from steerlab.experiment.retention import Retention, measure_retention, retention_items
+from steerlab.experiment.retention import summarise as summarise_retention
 from steerlab.experiment.selection import choose, grow_layer_set
 from steerlab.experiment.stats import (
     constant_letter,
@@ -58,6 +61,7 @@ from steerlab.experiment.stats import (
     shortest_answer,
 )
 from steerlab.experiment.store import Store, fingerprint
+from steerlab.finetune.lora import LoraSettings
 from steerlab.methods.pas import TaskFormat, build_vector, icl_history, method_problem, scored_item
 from steerlab.models import num_layers
 from steerlab.models.identity import model_identity
@@ -139,7 +143,7 @@ class _Runner:
         self.identity = model_identity(model, tokenizer)
         self.base_key = fingerprint(__version__, self.identity, _constants(),
                                     [(i.id, i.question, i.choices, i.answer, i.context) for i in items],
-                                    asdict(config))
+                                    config.pas_settings)
         self.timings: dict[str, float] = {}
 
     def key(self, *parts: Any) -> str:
@@ -376,9 +380,51 @@ class _Runner:
             [[a - b for a, b in zip(s, row.test_baseline, strict=True)] for s, row in zip(icl_steered, rows,
                                                                                           strict=True)]),
             icl_steering_accuracy=mean([mean(s) for s in icl_steered]))
-        report = self.report(check, scoring, rows, results, skipped, best)
         vectors = {m: self.exported(chosen[m][0]) for m in [*ran, *grown]}
-        return RunResult(report, vectors)
+        retention = self.retention(vectors[best], scoring) if c.retain is not None else None
+        report = self.report(check, scoring, rows, results, skipped, best)
+        report.retention = retention
+        sft = self.compare_sft(rows, report, vectors[best]) if c.compare_sft else None
+        report.sft = None if sft is None else sft.comparison
+        return RunResult(report, vectors, sft)
+
+    def compare_sft(self, rows: list[_Seed], report: RunReport, vector: SteeringVector) -> SFTArtifacts:
+        """LoRA on each seed's splits, and PAS again on the fine-tuned model (:mod:`steerlab.experiment.compare`)."""
+        c = self.config
+        settings = LoraSettings(batch_size=c.batch_size)
+        pas_config = replace(c, methods=(report.method,), scoring=report.scoring, max_layers=1, seeds=1,  # type: ignore[arg-type]
+                             retain=None, compare_sft=False)
+
+        def pas_on(tuned: nn.Module, seed: int) -> PasOnTop:
+            result = _Runner(tuned, self.tokenizer, self.items, replace(pas_config, seed=seed), self.store,
+                             self.progress).run()
+            top = result.report.chosen
+            o = top.seeds[0]
+            return PasOnTop(list(o.test_ids), list(o.steered), result.vectors[report.method], {
+                "method": report.method, "verdict": top.verdict, "layers": list(o.layers), "strength": o.strength,
+                "positions": o.positions, "delta_vs_lora": asdict(top.delta)})
+
+        def adapter_dir(seed: int) -> Path | None:
+            folder = self.store.folder
+            return None if folder is None else folder / f"{self.key(seed, 'lora', asdict(settings))}.adapter"
+
+        return compare_sft(self.model, self.tokenizer, [SeedSplit(r.seed, r.splits, r.test_baseline) for r in rows],
+                           self.fmt(report.scoring), [list(o.steered) for o in report.chosen.seeds],
+                           sum(v for k, v in report.timings.items() if k != "total"), vector, pas_on,
+                           settings=settings, adapter_dir=adapter_dir, batch_size=c.batch_size,
+                           progress=self.progress)
+
+    def retention(self, vector: SteeringVector, scoring: str) -> Retention:
+        """The chosen vector on ``--retain``'s task and on neutral text (see :mod:`steerlab.experiment.retention`)."""
+        c = self.config
+        assert c.retain is not None and vector.recipe is not None
+        items = retention_items(c.retain, c.retain_n, c.seed)
+        raw, seconds = self.store.json(
+            self.key("retention", c.retain, c.retain_n, vector.recipe.to_dict()),
+            partial(measure_retention, self.model, self.tokenizer, vector, items, self.fmt(scoring),
+                    batch_size=c.batch_size, progress=self.progress))
+        self.time("retention", seconds)
+        return summarise_retention(c.retain, raw)
 
     def summarise(self, method: str, runs: list[_Chosen]) -> MethodResult:
         outcomes = [r.outcome for r in runs]
@@ -438,6 +484,7 @@ class _Runner:
 class RunResult:
     report: RunReport
     vectors: dict[str, SteeringVector]  # each method's vector at its chosen layer, its recipe in the metadata
+    sft: SFTArtifacts | None = None  # with compare_sft: the first seed's LoRA adapter and PAS-on-LoRA vector
 
 
 def run_task(
