@@ -1,0 +1,80 @@
+"""Suite speed-up on Ray: 4 units on the embedded model, 1 and 2 workers of 1 thread each, Ray's overhead.
+
+Issue 14's benchmark. The same suite (2 tasks x 2 seeds, small splits) runs three times into fresh folders:
+serially in this process (1 torch thread, no Ray), on a local Ray with 1 worker, and with 2 workers (each a
+model replica with 1 CPU and 1 torch thread). It prints the wall times, the speed-up of 2 workers over 1
+(target 1.8x on 2 cores), and the Ray overhead per unit: (1 Ray worker - serial) / units, which holds Ray's
+start, the worker process start and its model load, spread over the units. The three aggregates must be the
+same bytes.
+
+    . .venv/bin/activate && cd benchmarks && python suite_speedup.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from steerlab.experiment.config import RunConfig
+from steerlab.models import default_model_path
+from steerlab.suite.report import SUITE_JSON
+from steerlab.suite.run import run_suite
+from steerlab.suite.spec import SuiteSpec
+
+from common import load_line, setup, table, timed
+
+TASKS = ("caa/refusal", "caa/myopic-reward")
+RUN = RunConfig(methods=("caa",), layers=(10, 14), strengths=(0.5, 1.0), n_train=16, n_val=8, n_test=16,
+                random_directions=4, icl_k=2, scoring="letters")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per task (units = 2 tasks x seeds)")
+    parser.add_argument("--out", help="keep the three suites' folders here (default: a temporary folder)")
+    args = parser.parse_args()
+    setup(threads=1)
+    default_model_path()  # the one-time conversion of the embedded model is not part of any timing
+    spec = SuiteSpec(tasks=TASKS, methods=("caa",), seeds=tuple(range(args.seeds)), run=RUN)
+    units = len(spec.units())
+    print(load_line("before", 1))
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.out or scratch)
+        _, serial = timed(lambda: run_suite(spec, root / "serial"))
+        _, one = timed(lambda: _ray(spec, root / "ray1", 1))
+        _, two = timed(lambda: _ray(spec, root / "ray2", 2))
+        names = ("serial", "ray1", "ray2")
+        aggregates = {name: json.loads((root / name / SUITE_JSON).read_text()) for name in names}
+        same = len({(root / name / SUITE_JSON).read_bytes() for name in aggregates}) == 1
+        for name in ("ray1", "ray2"):
+            for path, mine, theirs in _differences(aggregates[name], aggregates["serial"]):
+                print(f"{name} differs from serial at {path}: {mine!r} vs {theirs!r}")
+    print(load_line("after", 1))
+    print(table(["run", "wall s", "s per unit"],
+                [["serial (no Ray, 1 thread)", f"{serial.wall:.1f}", f"{serial.wall / units:.1f}"],
+                 ["Ray, 1 worker x 1 CPU", f"{one.wall:.1f}", f"{one.wall / units:.1f}"],
+                 ["Ray, 2 workers x 1 CPU", f"{two.wall:.1f}", f"{two.wall / units:.1f}"]]))
+    overhead = (one.wall - serial.wall) / units
+    print(f"\n{units} units; speed-up of 2 workers over 1: {one.wall / two.wall:.2f}x (over serial: "
+          f"{serial.wall / two.wall:.2f}x); Ray overhead per unit: {overhead:+.1f} s; "
+          f"the three aggregates are {'the same bytes' if same else 'DIFFERENT'}")
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [(path, a, b)]
+
+
+def _ray(spec: SuiteSpec, out: Path, workers: int) -> None:
+    run_suite(spec, out, workers=workers, cpus_per_worker=1)
+
+
+if __name__ == "__main__":
+    main()
