@@ -46,7 +46,7 @@ def _one(client: openai.OpenAI, model: str, question: str, steering: list[dict[s
     start = time.perf_counter()
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0,
-        extra_body={"steering": steering} if steering else None)
+        extra_body={"ignore_eos": True, **({"steering": steering} if steering else {})})
     assert reply.usage is not None
     return time.perf_counter() - start, reply.usage.completion_tokens
 
@@ -91,15 +91,17 @@ def main() -> None:
         with background_server(service) as url:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
             _one(client, "bench", questions[0], None, 4)  # warm-up
-            for kind in ("unsteered", "steered"):
-                steer = kind == "steered"
-                jobs = [(q, [{"vector": names[k % len(names)], "strength": 0.5}] if steer else None)
-                        for k, q in enumerate(questions)]
-                for clients in (int(c) for c in args.concurrency.split(",")):
+            # Kinds alternate at each concurrency, so that both see the same machine load.
+            for clients in (int(c) for c in args.concurrency.split(",")):
+                for kind in ("unsteered", "steered"):
+                    steer = kind == "steered"
+                    jobs = [(q, [{"vector": names[k % len(names)], "strength": 0.5}] if steer else None)
+                            for k, q in enumerate(questions)]
                     sent = jobs[:args.serial] if clients == 1 else jobs
                     row = {"traffic": kind, **_round(client, "bench", sent, clients, args.max_tokens)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+    rows.sort(key=lambda row: (row["traffic"] == "steered", row["clients"]))
     serial = {row["traffic"]: row["tokens_per_s"] for row in rows if row["clients"] == 1}
     print("\n| traffic | clients | requests | tokens/s | x one-at-a-time | p50 s | p95 s |")
     print("|---|---|---|---|---|---|---|")

@@ -180,6 +180,24 @@ def test_overload_and_bad_jobs_are_refused() -> None:
         engine.submit(_job(3, max_tokens=0), Collect())
 
 
+def test_the_end_token_stops_a_request_unless_ignored() -> None:
+    model, tok = build_model("llama"), build_tokenizer()
+    model.generation_config.eos_token_id = None
+    first = _run_alone(model, tok, _job(15))[0]
+    model.generation_config.eos_token_id = first  # the greedy first token now ends the sequence
+    stopped, ignored = _run_alone(model, tok, _job(15)), _run_alone(model, tok, _job(15, ignore_eos=True))
+    assert stopped == () and len(ignored) == STEPS and ignored[0] == first
+
+
+def _run_alone(model: tf.PreTrainedModel, tok: Any, job: Job) -> tuple[int, ...]:
+    engine = Engine(model, tok)
+    engine.start()
+    try:
+        return _run(engine, [job])[0].done.tokens
+    finally:
+        engine.stop()
+
+
 @pytest.mark.parametrize("drain", [True, False])
 def test_shutdown_drains_or_fails_admitted_requests(drain: bool) -> None:
     model, tok = build_model("llama"), build_tokenizer()

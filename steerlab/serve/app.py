@@ -57,6 +57,7 @@ def create_app(service: Service) -> FastAPI:
     app.add_middleware(BodyLimit, limit=service.settings.limits.max_body_bytes)
     _install_errors(app)
     model_id = service.settings.model_id
+    replica = uuid.uuid4().hex[:12]  # tells replicas apart behind a load balancer
 
     async def authorised(request: Request) -> None:
         key = service.settings.api_key
@@ -73,7 +74,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         running, waiting = service.engine.load()
-        return {"status": "ok", "model": model_id, "running": running, "waiting": waiting}
+        return {"status": "ok", "model": model_id, "replica": replica, "running": running, "waiting": waiting}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> str:

@@ -50,6 +50,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # run to max_tokens (benchmarks: equal work per request)
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ class Engine:
         token = _choose(logits, sampling, row.generator)
         row.sampled += 1
         finished = None
-        if token in self.eos:
+        if token in self.eos and not sampling.ignore_eos:
             finished = "stop"
         else:
             row.tokens.append(token)

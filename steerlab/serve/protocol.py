@@ -51,6 +51,7 @@ class _Generation(BaseModel):
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens tokens whatever the model's end token
     steering: list[SteeringItem] = Field(default_factory=list)
 
     def stops(self) -> tuple[str, ...]:

@@ -67,7 +67,8 @@ class Service:
             raise ApiError(400, f"prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
                                 f"context of {self.max_positions}", param="max_tokens")
         terms, applied = self._steering(request)
-        sampling = Sampling(max_tokens, request.temperature, request.top_p, request.seed, request.stops())
+        sampling = Sampling(max_tokens, request.temperature, request.top_p, request.seed, request.stops(),
+                            request.ignore_eos)
         return Job(tuple(prompt), sampling, tuple(terms)), applied
 
     def _prompt(self, request: ChatRequest | CompletionRequest) -> list[int]:
