@@ -15,6 +15,7 @@ import psutil
 import pytest
 from test_suite import make_suite
 
+from steerlab.errors import ConfigError
 from steerlab.suite.report import SUITE_JSON, SUITE_MD, SUITE_PNG
 from steerlab.suite.run import run_suite
 from steerlab.suite.spec import SuiteSpec
@@ -51,11 +52,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SuiteSpec, 
     killer.start()
     try:
         run_suite(spec, root / "ray", workers=2)
-    finally:
         stop.set()
         killer.join()
+        yield spec, root / "serial", root / "ray", killed
+    finally:
+        stop.set()
         ray.shutdown()
-    yield spec, root / "serial", root / "ray", killed
 
 
 def test_two_ray_workers_give_the_serial_aggregate_byte_for_byte(
@@ -74,3 +76,14 @@ def test_a_worker_killed_mid_unit_is_replaced_and_its_unit_rerun(runs: tuple[Sui
     data = json.loads((on_ray / SUITE_JSON).read_text())
     assert all(u["outcome"] == "done" for u in data["units"] if u["unit"]["task"] != spec.tasks[2])
     assert not any("died" in (u["error"] or "") for u in data["units"])
+
+
+def test_workers_asking_for_more_than_the_cluster_has_are_refused(runs: tuple[SuiteSpec, Path, Path, list[int]],
+                                                                   tmp_path: Path) -> None:
+    # A replica that cannot be placed would wait forever: refused before any is started.
+    spec = runs[0]
+    gpus = ray.cluster_resources().get("GPU", 0)
+    with pytest.raises(ConfigError, match=f"a suite worker needs {gpus + 1:g} GPU\\(s\\) but the Ray cluster has "
+                                          f"{gpus:g}: lower --gpus-per-worker"):
+        run_suite(spec, tmp_path, workers=2, gpus_per_worker=gpus + 1)
+    assert not (tmp_path / "units").exists()

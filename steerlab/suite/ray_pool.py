@@ -57,8 +57,9 @@ def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
                           f"(start one with `ray start --head`, or leave out --address for a local one)") from None
 
 
-def connect(ray: Any, address: str | None, cpus: int, gpus: float) -> bool:
-    """Join ``address``, or start a local Ray with at least ``cpus`` CPUs; True when this call started it."""
+def connect(ray: Any, address: str | None, cpus: int) -> bool:
+    """Join ``address``, or start a local Ray with at least ``cpus`` CPUs (and the GPUs it finds); True when this
+    call started it."""
     if ray.is_initialized():
         return False
     if address is not None:
@@ -68,8 +69,7 @@ def connect(ray: Any, address: str | None, cpus: int, gpus: float) -> bool:
             ray.init(address=address, log_to_driver=False)
         else:
             # Sized to the machine, and never below what the workers ask for: a pending replica would wait forever.
-            ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, log_to_driver=False,
-                     **({"num_gpus": gpus} if gpus else {}))
+            ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
         raise ConfigError(f"cannot start Ray{'' if address is None else f' at {address}'}: {exc}") from None
     return True
@@ -89,7 +89,7 @@ def run_on_ray(spec: SuiteSpec, out: str | Path, units: Sequence[Unit], *, worke
     """Run ``units`` (grouped by model, in order) on up to ``workers`` replicas per model; ``on_done`` gets each
     unit's status as it ends."""
     ray = _ray()
-    started = connect(ray, address, workers * cpus_per_worker, workers * gpus_per_worker)
+    started = connect(ray, address, workers * cpus_per_worker)
     try:
         _check_fits(ray, cpus_per_worker, gpus_per_worker)
         replica = ray.remote(ModelWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
