@@ -108,7 +108,7 @@ async def _respond(service: Service, body: ChatRequest | CompletionRequest, requ
     timeout = service.settings.limits.timeout_s
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventSourceResponse(_stream(ticket, queue, shape, timeout, usage), ping=None)
+        return EventSourceResponse(_stream(ticket, queue, shape, timeout, usage, body), ping=None)
     watcher = asyncio.create_task(_watch_disconnect(request, ticket))
     try:
         text, done = [], None
@@ -120,7 +120,7 @@ async def _respond(service: Service, body: ChatRequest | CompletionRequest, requ
     finally:
         watcher.cancel()
     assert done is not None
-    return JSONResponse({**shape.whole("".join(text), done), "steering": applied})
+    return JSONResponse({**shape.whole("".join(text), done), "steering": applied, **_decision(body, done)})
 
 
 def _submit(service: Service, job: Job) -> tuple[Ticket, asyncio.Queue[Event]]:
@@ -163,8 +163,8 @@ async def _watch_disconnect(request: Request, ticket: Ticket) -> None:
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
-async def _stream(ticket: Ticket, queue: asyncio.Queue[Event], shape: _Shape, timeout: float,
-                  usage: bool) -> AsyncIterator[dict[str, str]]:
+async def _stream(ticket: Ticket, queue: asyncio.Queue[Event], shape: _Shape, timeout: float, usage: bool,
+                  body: ChatRequest | CompletionRequest) -> AsyncIterator[dict[str, str]]:
     # sse-starlette cancels this generator when the client disconnects; _events then cancels the ticket.
     try:
         first = True
@@ -174,7 +174,7 @@ async def _stream(ticket: Ticket, queue: asyncio.Queue[Event], shape: _Shape, ti
                     yield {"data": json.dumps(shape.piece(event.text, None, first))}
                     first = False
             else:
-                yield {"data": json.dumps(shape.piece("", event.reason, first))}
+                yield {"data": json.dumps({**shape.piece("", event.reason, first), **_decision(body, event)})}
                 if usage:
                     yield {"data": json.dumps({**shape.head(), "choices": [], "usage": _usage(event)})}
         yield {"data": "[DONE]"}
@@ -207,6 +207,13 @@ class _Shape:
         else:
             choice["text"] = text
         return {**self.head(), "choices": [choice]}
+
+
+def _decision(body: ChatRequest | CompletionRequest, done: Done) -> dict[str, Any]:
+    """What a conditional program decided, for the response (nothing when the request named no program)."""
+    if done.decision is None:
+        return {}
+    return {"conditional": {"program": body.program, "held": done.decision.held, "gates": done.decision.gates}}
 
 
 def _usage(done: Done) -> dict[str, int]:

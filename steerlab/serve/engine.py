@@ -24,13 +24,16 @@ import inspect
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from steerlab.core.rows import RowTerm, apply_row_steering
+from steerlab.conditional.gating import Decisions, steer_program
+from steerlab.conditional.program import ConditionalProgram
+from steerlab.core.rows import RowTerm, apply_row_steering, row_term
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.models import cache_kwarg
 from steerlab.serve.kv import KVBatch
@@ -58,6 +61,16 @@ class Job:
     prompt: tuple[int, ...]
     sampling: Sampling
     terms: tuple[RowTerm, ...] = ()
+    program: ConditionalProgram | None = None  # gated at prefill from the prompt's user turn, then frozen
+    span: tuple[int, int] | None = None  # the user turn's [start, end) tokens in the prompt, for ``program``
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a conditional program decided for one request: which conditions held, which behaviours apply."""
+
+    held: dict[str, bool]
+    gates: dict[str, bool]
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     tokens: tuple[int, ...]  # the sampled tokens, end-of-sequence excluded
+    decision: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,8 @@ class Ticket:
 class _Row:
     ticket: Ticket
     generator: torch.Generator | None
+    terms: tuple[RowTerm, ...]  # the request's own terms, plus its program's behaviours that were switched on
+    decision: Decision | None = None
     tokens: list[int] = field(default_factory=list)
     sampled: int = 0
     sent: int = 0  # characters of the text already sent
@@ -152,6 +168,8 @@ class Engine:
             raise ConfigError(f"max_tokens must be >= 1, got {job.sampling.max_tokens}")
         if not job.prompt:
             raise ConfigError("the prompt has no tokens")
+        if job.program is not None and job.span is None:
+            raise ConfigError("a conditional program needs the user turn's span in the prompt")
         ticket = Ticket(job, sink)
         with self._cond:
             if self._stopping:
@@ -243,9 +261,15 @@ class Engine:
         if job.sampling.temperature > 0:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-        row = _Row(ticket, generator)
+        row = _Row(ticket, generator, job.terms)
         cache = DynamicCache(config=self._config)
-        logits = self._forward([(job.terms, len(job.prompt))], torch.tensor([job.prompt]), cache)
+        with ExitStack() as stack:
+            decisions = None
+            if job.program is not None and job.span is not None:
+                decisions = stack.enter_context(steer_program(self.model, job.program, [job.span]))
+            logits = self._forward([(job.terms, len(job.prompt))], torch.tensor([job.prompt]), cache)
+        if job.program is not None and decisions is not None:
+            row.decision, row.terms = _decided(job.program, decisions, job.terms)
         done = self._emit(row, logits[0])
         if done is not None:
             ticket.send(done)
@@ -260,7 +284,7 @@ class Engine:
         mask = torch.cat([kv.mask, torch.ones((kv.rows, 1), dtype=kv.mask.dtype)], dim=1)
         positions = kv.mask.sum(dim=1, keepdim=True)  # real tokens already cached = this token's position
         cache = kv.as_cache(self._config)  # type: ignore[arg-type]
-        logits = self._forward([(row.ticket.job.terms, len(row.ticket.job.prompt)) for row in self._rows], ids,
+        logits = self._forward([(row.terms, len(row.ticket.job.prompt)) for row in self._rows], ids,
                                cache, attention_mask=mask.to(self._device), position_ids=positions.to(self._device))
         kv.absorb(cache, 1)
         finals = [(row, self._emit(row, row_logits)) for row, row_logits in zip(self._rows, logits, strict=True)]
@@ -292,7 +316,19 @@ class Engine:
         if finished is None:
             return None
         row.done = True
-        return Done(finished, len(row.ticket.job.prompt), row.sampled, tuple(row.tokens))
+        return Done(finished, len(row.ticket.job.prompt), row.sampled, tuple(row.tokens), row.decision)
+
+
+def _decided(program: ConditionalProgram, decisions: Decisions,
+             terms: tuple[RowTerm, ...]) -> tuple[Decision, tuple[RowTerm, ...]]:
+    """The prefill's decision, and the terms that apply it to generated tokens (every one of them is an answer
+    token, so ``turn``, ``answer`` and ``all`` programs steer all of them; ``prompt`` ones none)."""
+    held = {name: bool(rows[0]) for name, rows in decisions.held.items()}
+    gates = {name: bool(rows[0]) for name, rows in decisions.gates.items()}
+    if program.positions not in ("prompt", "last_prompt"):
+        terms += tuple(row_term(b.vector, b.strength, positions="answer") for b in program.behaviours
+                       if gates.get(b.name))
+    return Decision(held, gates), terms
 
 
 def _settled(text: str, stops: tuple[str, ...]) -> str:

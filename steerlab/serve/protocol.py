@@ -6,7 +6,8 @@ so a client never gets silently different behaviour; unknown fields are refused 
 Example body::
 
     {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 32,
-     "steering": [{"vector": "survival", "strength": 0.5, "layers": [12], "positions": "answer"}]}
+     "steering": [{"vector": "survival", "strength": 0.5, "layers": [12], "positions": "answer"}],
+     "program": "refuse-harmful"}
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class _Generation(BaseModel):
     user: str | None = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens tokens whatever the model's end token
     steering: list[SteeringItem] = Field(default_factory=list)
+    program: str | None = Field(default=None, min_length=1, max_length=128)  # a conditional program, by name
 
     def stops(self) -> tuple[str, ...]:
         values = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

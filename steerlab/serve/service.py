@@ -14,7 +14,10 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from steerlab.conditional.program import ConditionalProgram
+from steerlab.conditional.reading import encode_prompt
 from steerlab.core.rows import RowTerm, row_term
+from steerlab.data.prompts import PromptStyle
 from steerlab.errors import ConfigError
 from steerlab.serve.engine import Engine, Job, Sampling
 from steerlab.serve.protocol import ChatRequest, CompletionRequest
@@ -48,19 +51,21 @@ class Service:
         self._chat_template = bool(getattr(self.tokenizer, "chat_template", None))
 
     def job(self, request: ChatRequest | CompletionRequest) -> tuple[Job, list[dict[str, Any]]]:
-        """The engine job for ``request`` and its steering as applied (for the response)."""
+        """The engine job for ``request`` and its steering items as applied (for the response)."""
         limits = self.settings.limits
         if request.model != self.settings.model_id:
             raise ApiError(404, f"model {request.model!r} is not served here; this server serves "
                                 f"{self.settings.model_id!r}", kind="model_not_found", param="model")
-        prompt = self._prompt(request)
+        program = self._program(request.program)
+        prompt, span = self._prompt(request, program is not None)
         if len(prompt) > limits.max_prompt_tokens:
             raise ApiError(400, f"the prompt has {len(prompt)} tokens; the limit is {limits.max_prompt_tokens}",
                            param="messages" if isinstance(request, ChatRequest) else "prompt")
         asked = request.max_tokens
         if isinstance(request, ChatRequest) and request.max_completion_tokens is not None:
             asked = request.max_completion_tokens
-        max_tokens = asked if asked is not None else limits.max_tokens
+        room = limits.max_tokens if self.max_positions is None else self.max_positions - len(prompt)
+        max_tokens = asked if asked is not None else max(1, min(limits.max_tokens, room))  # unasked: what fits
         if max_tokens > limits.max_tokens:
             raise ApiError(400, f"max_tokens is {max_tokens}; the limit is {limits.max_tokens}", param="max_tokens")
         if self.max_positions is not None and len(prompt) + max_tokens > self.max_positions:
@@ -69,17 +74,47 @@ class Service:
         terms, applied = self._steering(request)
         sampling = Sampling(max_tokens, request.temperature, request.top_p, request.seed, request.stops(),
                             request.ignore_eos)
-        return Job(tuple(prompt), sampling, tuple(terms)), applied
+        return Job(tuple(prompt), sampling, tuple(terms), program, span), applied
 
-    def _prompt(self, request: ChatRequest | CompletionRequest) -> list[int]:
+    def _program(self, name: str | None) -> ConditionalProgram | None:
+        if name is None:
+            return None
+        try:
+            entry = self.library.get(name)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc), param="program") from None
+        if not isinstance(entry.source, ConditionalProgram):
+            raise ApiError(400, f"{name!r} is a steering vector, not a conditional program: send it in 'steering'",
+                           param="program")
+        return entry.source
+
+    def _prompt(self, request: ChatRequest | CompletionRequest,
+                conditional: bool) -> tuple[list[int], tuple[int, int] | None]:
+        """The prompt's tokens and, for a conditional program, the span of the user turn its conditions read."""
         if isinstance(request, CompletionRequest):
-            return [int(t) for t in self.tokenizer(request.prompt)["input_ids"]]
+            ids = [int(t) for t in self.tokenizer(request.prompt)["input_ids"]]
+            return ids, (0, len(ids)) if conditional else None
         if not self._chat_template:
             raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
+        if conditional:
+            return self._turn(request)
         messages = [message.model_dump() for message in request.messages]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False)
-        return [int(t) for t in ids]  # type: ignore[arg-type]
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False)
+        return [int(t) for t in rendered], None  # type: ignore[arg-type]
+
+    def _turn(self, request: ChatRequest) -> tuple[list[int], tuple[int, int]]:
+        """The one user turn (after an optional system message) that a program's conditions read."""
+        roles = [message.role for message in request.messages]
+        if roles not in (["user"], ["system", "user"]):
+            raise ApiError(400, f"a conditional program reads one user turn: send [system?, user] messages, not "
+                                f"{roles}", param="messages")
+        system = request.messages[0].content if roles[0] == "system" else None
+        try:
+            ids, span = encode_prompt(self.tokenizer, request.messages[-1].content, PromptStyle(system=system))
+        except ConfigError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        return ids, span
 
     def _steering(self, request: ChatRequest | CompletionRequest) -> tuple[list[RowTerm], list[dict[str, Any]]]:
         limits = self.settings.limits
@@ -94,6 +129,8 @@ class Service:
                                     f"{limits.max_strength}]", param=f"{where}.strength")
             try:
                 entry = self.library.get(item.vector)
+                if isinstance(entry.source, ConditionalProgram):
+                    raise ConfigError(f"{item.vector!r} is a conditional program: send it as 'program'")
                 term = row_term(entry.source, item.strength, layers=item.layers, positions=item.positions)
             except ConfigError as exc:
                 raise ApiError(400, str(exc), param=where) from None
