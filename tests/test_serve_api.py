@@ -212,7 +212,8 @@ def test_a_killed_streaming_client_does_not_disturb_the_others(client: openai.Op
     deadline = time.monotonic() + 20
     while _get(f"{server}/health", key=None)[1]["running"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _get(f"{server}/health", key=None)[1]["running"] == 0  # its row was dropped, not run to 64 tokens
+    health = _get(f"{server}/health", key=None)[1]
+    assert health["running"] == 0 and health["cancelled"] >= 1  # its row was dropped, not run to 64 tokens
 
 
 @pytest.mark.ci

@@ -110,6 +110,29 @@ def test_a_request_past_its_timeout_gets_504_and_frees_its_place(tmp_path: Path)
         assert _post(url, _chat())[0] == 200
 
 
+def test_a_client_that_goes_away_has_its_request_dropped(tmp_path: Path) -> None:
+    # Non-streaming: the handler notices the closed connection and cancels the queued request; it never runs.
+    service = _service(tmp_path, max_batch=1, max_queue=2)
+    with background_server(service) as url:
+        gate = _hold(service)
+        try:
+            host, port = url.removeprefix("http://").split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connection.request("POST", "/v1/chat/completions", _chat(max_tokens=100),
+                               {"Content-Type": "application/json"})
+            while service.engine.load() != (1, 1):
+                time.sleep(0.02)
+            assert connection.sock is not None
+            connection.sock.close()
+            deadline = time.monotonic() + 10  # the handler polls its connection every DISCONNECT_POLL_S
+            while not service.engine._pending[0].cancelled and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            gate.set()
+        _idle(service)
+        assert service.engine.cancelled == 1
+
+
 def test_an_oversized_chunked_body_gets_413_as_json(tmp_path: Path) -> None:
     service = _service(tmp_path, max_body_bytes=1000)
     with background_server(service) as url:

@@ -74,7 +74,8 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         running, waiting = service.engine.load()
-        return {"status": "ok", "model": model_id, "replica": replica, "running": running, "waiting": waiting}
+        return {"status": "ok", "model": model_id, "replica": replica, "running": running, "waiting": waiting,
+                "cancelled": service.engine.cancelled}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> str:
@@ -109,7 +110,7 @@ async def _respond(service: Service, body: ChatRequest | CompletionRequest, requ
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         return EventSourceResponse(_stream(ticket, queue, shape, timeout, usage, body), ping=None)
-    watcher = asyncio.create_task(_watch_disconnect(request, ticket))
+    watcher = asyncio.create_task(_watch_disconnect(request, ticket, queue))
     try:
         text, done = [], None
         async for event in _events(ticket, queue, timeout):
@@ -155,10 +156,11 @@ async def _events(ticket: Ticket, queue: asyncio.Queue[Event], timeout: float) -
         ticket.cancel()  # no effect on a finished ticket; frees the row of an abandoned one
 
 
-async def _watch_disconnect(request: Request, ticket: Ticket) -> None:
+async def _watch_disconnect(request: Request, ticket: Ticket, queue: asyncio.Queue[Event]) -> None:
     while not ticket.finished.is_set():
         if await request.is_disconnected():
             ticket.cancel()
+            queue.put_nowait(Failed("the client went away"))  # ends the handler now, not at its timeout
             return
         await asyncio.sleep(DISCONNECT_POLL_S)
 
@@ -256,7 +258,10 @@ class _TooLarge(StarletteHTTPException):
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app parses it."""
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app parses it.
+
+    Starlette's own ``RequestBodyLimitMiddleware`` answers in plain text; clients here get the JSON error shape.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit

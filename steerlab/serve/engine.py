@@ -112,7 +112,10 @@ class Ticket:
         self.cancelled = True
 
     def send(self, event: Event) -> None:
-        self.sink(event)
+        try:
+            self.sink(event)
+        except RuntimeError:  # the receiver is gone (its event loop closed): drop the request, not the batch
+            self.cancelled = True
         if not isinstance(event, Chunk):
             self.finished.set()
 
@@ -153,6 +156,7 @@ class Engine:
         self._stopping = False
         self._drain = True
         self._thread: threading.Thread | None = None
+        self.cancelled = 0  # requests dropped because their client cancelled (went away or timed out)
 
     # The caller's side (any thread).
 
@@ -214,15 +218,20 @@ class Engine:
                     admitted.append(self._pending.popleft())
             for ticket in admitted:
                 if ticket.cancelled:
-                    ticket.finished.set()
+                    self._dropped(ticket)
                 else:
                     self._guard([ticket], functools.partial(self._prefill, ticket))
             cancelled = [row.ticket for row in self._rows if row.ticket.cancelled]
             self._forget(lambda row: row.ticket.cancelled)
             for ticket in cancelled:
-                ticket.finished.set()
+                self._dropped(ticket)
             if self._rows:
                 self._guard([row.ticket for row in self._rows], self._decode)
+
+    def _dropped(self, ticket: Ticket) -> None:
+        with self._cond:
+            self.cancelled += 1
+        ticket.finished.set()
 
     def _guard(self, tickets: list[Ticket], step: Callable[[], None]) -> None:
         """Run ``step``; on an unexpected error fail ``tickets`` instead of killing the worker."""
