@@ -141,3 +141,30 @@ def test_a_vector_without_recipe_is_refused() -> None:
     model, tok = build_model("llama"), build_tokenizer()
     with pytest.raises(ConfigError, match="retention needs a vector with a recipe"):
         knowledge_scores(model, tok, SteeringVector({1: torch.ones(32)}), _items(), TaskFormat())
+
+
+@pytest.mark.real
+def test_real_model_a_zero_push_costs_nothing_and_a_large_one_costs_coherence() -> None:
+    """On the embedded model, 12 MMLU items and 4 neutral requests: strength 0 changes nothing; a random direction
+    twice the mean residual norm at layer 12, on the answer, makes the model's own answers far less likely."""
+    from steerlab.experiment.retention import neutral_prompts, retention_items
+    from steerlab.models import load_model
+
+    model, tok = load_model()
+    items = retention_items("mmlu", 12, 0)
+    prompts = neutral_prompts(4)
+    ids = tok(prompts[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        norm = float(model(ids, output_hidden_states=True).hidden_states[13][0].norm(dim=-1).mean())
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    fmt = TaskFormat(scoring="likelihood")
+    results = {}
+    for strength in (0.0, 2.0):
+        vector = SteeringVector({12: direction / direction.norm() * norm}).with_recipe(
+            Recipe((12,), strength, "absolute", "answer"))
+        results[strength] = summarise("mmlu", measure_retention(model, tok, vector, items, fmt, prompts=prompts,
+                                                                answer_tokens=12))
+    zero, large = results[0.0], results[2.0]
+    assert zero.steered == zero.baseline and zero.coherence.kl.value == 0.0
+    assert large.coherence.kl.value > 0.5
+    assert large.coherence.perplexity_steered > 2 * large.coherence.perplexity_unsteered

@@ -48,6 +48,7 @@ class PasOnTop:
     steered: list[float]  # per test item, 1.0 = correct
     vector: SteeringVector
     point: dict[str, Any]  # method, verdict, layers, strength, positions, delta vs the fine-tuned model
+    seconds: float  # its vectors, sweep and test
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def compare_sft(
     instead of training again; None keeps nothing.
     """
     settings = settings or LoraSettings()
-    lora_correct, lora_pas_correct, reports, on_top = [], [], [], []
+    lora_correct, lora_pas_correct, reports, on_top, top_seconds = [], [], [], [], []
     first: tuple[nn.Module, SteeringVector] | None = None
     for split in seeds:
         fit = _fit(model, tokenizer, split, fmt, settings, adapter_dir(split.seed), progress)
@@ -149,6 +150,7 @@ def compare_sft(
         lora_pas_correct.append(list(top.steered))
         reports.append(fit.report)
         on_top.append({"seed": split.seed, **top.point})
+        top_seconds.append(top.seconds)
         if first is None:
             first = (fit.adapter, top.vector)
     assert first is not None
@@ -157,7 +159,7 @@ def compare_sft(
         test_ids=[[i.id for i in split.splits.test] for split in seeds],
         pas=_arm("pas", pas_correct, seeds, pas_seconds, file_bytes(pas_vector)),
         lora=_arm("lora", lora_correct, seeds, train_seconds, reports[0].adapter_bytes),
-        lora_pas=_arm("lora+pas", lora_pas_correct, seeds, train_seconds + pas_seconds,
+        lora_pas=_arm("lora+pas", lora_pas_correct, seeds, train_seconds + mean(top_seconds),
                       reports[0].adapter_bytes + file_bytes(first[1])),
         lora_reports=reports, pas_on_lora=on_top,
         pas_minus_lora=paired_bootstrap([[p - q for p, q in zip(ps, qs, strict=True)]

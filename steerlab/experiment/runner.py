@@ -402,7 +402,7 @@ class _Runner:
             o = top.seeds[0]
             return PasOnTop(list(o.test_ids), list(o.steered), result.vectors[report.method], {
                 "method": report.method, "verdict": top.verdict, "layers": list(o.layers), "strength": o.strength,
-                "positions": o.positions, "delta_vs_lora": asdict(top.delta)})
+                "positions": o.positions, "delta_vs_lora": asdict(top.delta)}, _pas_seconds(result.report))
 
         def adapter_dir(seed: int) -> Path | None:
             folder = self.store.folder
@@ -410,7 +410,7 @@ class _Runner:
 
         return compare_sft(self.model, self.tokenizer, [SeedSplit(r.seed, r.splits, r.test_baseline) for r in rows],
                            self.fmt(report.scoring), [list(o.steered) for o in report.chosen.seeds],
-                           sum(v for k, v in report.timings.items() if k != "total"), vector, pas_on,
+                           _pas_seconds(report), vector, pas_on,
                            settings=settings, adapter_dir=adapter_dir, batch_size=c.batch_size,
                            progress=self.progress)
 
@@ -478,6 +478,11 @@ class _Runner:
             grid={"positions": list(c.positions_grid(scoring)), "layers": self.layers,
                   "strengths": list(c.strength_grid)},
             timings=dict(self.timings))
+
+
+def _pas_seconds(report: RunReport) -> float:
+    """What PAS itself took: every phase but retention (and the total)."""
+    return sum(v for k, v in report.timings.items() if k not in ("total", "retention"))
 
 
 @dataclass
