@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -253,10 +254,10 @@ class Engine:
                 self._rows = [self._rows[i] for i in keep]
 
     def _forward(self, rows: list[tuple[tuple[RowTerm, ...], int]], ids: torch.Tensor, cache: DynamicCache,
-                 **extra: torch.Tensor) -> torch.Tensor:
+                 **extra: Any) -> torch.Tensor:
         """Last-position logits (rows, vocab) in float32, each row steered by its own terms."""
         if self._last_logit_only:
-            extra = {**extra, "logits_to_keep": 1}  # type: ignore[dict-item]
+            extra = {**extra, "logits_to_keep": 1}
         with torch.no_grad(), apply_row_steering(self.model, [terms for terms, _ in rows],
                                                  [length for _, length in rows]):
             out = self.model(input_ids=ids.to(self._device), use_cache=True, **cache_kwarg(self.model, cache),
