@@ -7,7 +7,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,15 @@ def _hold(service: Service) -> threading.Event:
     return gate
 
 
-def _idle(service: Service) -> None:
-    deadline = time.monotonic() + 10
-    while service.engine.load() != (0, 0) and time.monotonic() < deadline:
+def _until(done: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.02)
-    assert service.engine.load() == (0, 0)
+
+
+def _idle(service: Service) -> None:
+    _until(lambda: service.engine.load() == (0, 0))
 
 
 def _post(url: str, body: bytes | Iterator[bytes], chunked: bool = False) -> tuple[int, dict[str, str], Any]:
@@ -120,13 +124,10 @@ def test_a_client_that_goes_away_has_its_request_dropped(tmp_path: Path) -> None
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             connection.request("POST", "/v1/chat/completions", _chat(max_tokens=100),
                                {"Content-Type": "application/json"})
-            while service.engine.load() != (1, 1):
-                time.sleep(0.02)
+            _until(lambda: service.engine.load() == (1, 1))
             assert connection.sock is not None
             connection.sock.close()
-            deadline = time.monotonic() + 10  # the handler polls its connection every DISCONNECT_POLL_S
-            while not service.engine._pending[0].cancelled and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _until(lambda: service.engine._pending[0].cancelled)  # the handler polls its connection
         finally:
             gate.set()
         _idle(service)
@@ -150,8 +151,7 @@ def test_shutdown_finishes_the_requests_in_flight(tmp_path: Path) -> None:
     replies: list[tuple[int, dict[str, str], Any]] = []
     waiting = threading.Thread(target=lambda: replies.append(_post(url, _chat(max_tokens=30))))
     waiting.start()
-    while service.engine.load() != (1, 1):  # the request is queued behind the held row
-        time.sleep(0.02)
+    _until(lambda: service.engine.load() == (1, 1))  # the request is queued behind the held row
     closer = threading.Thread(target=stack.close)
     closer.start()  # shutdown begins while the request waits
     time.sleep(0.5)
