@@ -3,6 +3,7 @@ testing on exactly PAS's test items."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -117,3 +118,32 @@ def test_compare_sft_tests_on_pas_items_and_runs_pas_on_the_tuned_model(tmp_path
     # A second identical run reloads the adapter instead of training again, and reports the same numbers.
     again = run_task(model, tok, items, config, out_dir=tmp_path)
     assert again.report.sft is not None and again.report.sft.summary() == comparison.summary()
+
+
+def test_cli_retain_and_compare_write_the_report_adapter_and_vector(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from steerlab.cli.main import main
+    from steerlab.core.vector import SteeringVector
+
+    model_dir = tmp_path / "tiny"
+    build_model("llama").save_pretrained(model_dir)
+    build_tokenizer().save_pretrained(model_dir)
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"id": i.id, "question": i.question, "choices": list(i.choices),
+                                        "answer": i.answer}) + "\n" for i in toy_items(40)))
+    out = tmp_path / "run"
+    common = ["run", "--model", str(model_dir), "--data", str(data), "--method", "caa", "--layers", "0,1",
+              "--strengths", "0.5,2", "--n-train", "12", "--n-val", "6", "--n-test", "10", "--random-directions", "2",
+              "--scoring", "likelihood", "--out", str(out), "--quiet"]
+    assert main([*common, "--retain", "copa:8", "--compare", "sft"]) == 0
+    printed = capsys.readouterr().out
+    assert "retention: " in printed and "lora+pas" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["retention"]["task"] == "copa" and report["retention"]["items"] == 8
+    assert [a["name"] for a in report["sft"]["arms"]] == ["pas", "lora", "lora+pas"]
+    assert (out / "sft" / "adapter" / "adapter_model.safetensors").stat().st_size == \
+        report["sft"]["arms"][1]["bytes_stored"]
+    assert SteeringVector.load(out / "sft" / "pas-on-lora.safetensors").recipe is not None
+    assert "## Retention" in (out / "report.md").read_text()
+    assert main([*common, "--retain", str(data)]) == 2  # retention on the task the steering was selected on
+    assert "retention is measured on a task the steering was not selected on" in capsys.readouterr().err
