@@ -159,13 +159,6 @@ class ConditionalProgram:
                 out[name] = out[name] | fired
         return out
 
-    def with_parts(self, *, conditions: Sequence[Condition] = (), behaviours: Sequence[Behaviour] = (),
-                   rules: Sequence[str] = ()) -> ConditionalProgram:
-        """A new program with these parts added (a condition file plus a vector plus a rule, say)."""
-        return ConditionalProgram((*self.conditions, *conditions), (*self.behaviours, *behaviours),
-                                  (*self.rules, *(parse_rule(r) for r in rules)), self.positions,
-                                  dict(self.metadata))
-
     @property
     def _where(self) -> str:
         return self.source or "the conditional program"
