@@ -39,15 +39,16 @@ def _logits(model: tf.PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) ->
         return model(input_ids=ids, attention_mask=mask).logits
 
 
-@pytest.mark.parametrize("positions", ["all", "answer", "prompt", "last_prompt"])
+@pytest.mark.parametrize("positions", ["all", "answer", "prompt", "last_prompt", "turn"])
 def test_every_row_alike_equals_the_batch_wide_hooks(family: str, positions: str) -> None:
     model = build_model(family)
     ids, mask = _batch([5, 3, 7])
     lengths = [4, 2, 7]  # the prompt ends inside the call for two rows, so answer/prompt masks differ per row
+    turns = [1, 0, 3]  # real tokens before each row's user turn
     vector = _vector(0, (0, 2))
-    with apply_steering(model, vector, 1.5, positions=positions, prompt_lengths=lengths):
+    with apply_steering(model, vector, 1.5, positions=positions, prompt_lengths=lengths, turn_starts=turns):
         expected = _logits(model, ids, mask)
-    with apply_row_steering(model, [[row_term(vector, 1.5, positions=positions)]] * 3, lengths):
+    with apply_row_steering(model, [[row_term(vector, 1.5, positions=positions)]] * 3, lengths, turns):
         got = _logits(model, ids, mask)
     assert torch.equal(got, expected)
     assert not torch.equal(got, _logits(model, ids, mask))
@@ -140,8 +141,10 @@ def test_bad_row_steering_is_refused_with_the_reason() -> None:
         row_term(vector, positions="middle")
     with pytest.raises(ConfigError, match="2 rows of steering but 1 prompt lengths"):
         apply_row_steering(model, [[], []], [3])
-    with pytest.raises(ConfigError, match="positions 'turn' cannot be used per row"):
-        row_term(vector, positions="turn")
+    with pytest.raises(ConfigError, match="positions 'turn' need turn_starts"):
+        apply_row_steering(model, [[row_term(vector, positions="turn")]], [3])
+    with pytest.raises(ConfigError, match="1 rows of steering but 2 turn starts"):
+        apply_row_steering(model, [[]], [3], [0, 1])
     wide = row_term(SteeringVector({1: torch.ones(HIDDEN + 1)}))
     with pytest.raises(ConfigError, match=f"row 0: steering has hidden size {HIDDEN + 1}"):
         apply_row_steering(model, [[wide]], [3])

@@ -130,6 +130,11 @@ def test_steered_answers_move_along_the_vector(client: openai.OpenAI, smol: tupl
     vector = SteeringVector.load(vectors / "survival-instinct.safetensors")
     assert steered[0] == generate(model, tok, [PROMPTS[0]], steering=vector, strength=1.5, max_new_tokens=12)[0]
     assert plain[0] == generate(model, tok, [PROMPTS[0]], max_new_tokens=12)[0]
+    # `turn` positions: the server finds the user turn in the rendered messages as generate does from its style.
+    turn = _chat(client, PROMPTS[0], [{"vector": "survival-instinct", "strength": 1.5, "positions": "turn"}],
+                 max_tokens=12)
+    assert turn == generate(model, tok, [PROMPTS[0]], steering=vector, strength=1.5, positions="turn",
+                            max_new_tokens=12)[0]
     along = [_projection(smol, vectors, prompt, answer) for prompt, answer in zip(PROMPTS * 2, plain + steered,
                                                                                       strict=True)]
     n = len(PROMPTS)

@@ -39,9 +39,6 @@ from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
 
-# Positions a row can name; the others need per-row facts a batcher does not track.
-_ROW_POSITIONS: tuple[Positions, ...] = ("last_prompt", "answer", "prompt", "all")
-
 
 @dataclass(frozen=True, eq=False)
 class RowTerm:
@@ -71,10 +68,7 @@ def row_term(source: SteeringSource, strength: float | None = None, *, layers: I
         raise ConfigError(f"no steering defined at layer(s) {missing} (it has {intervention.layer_indices})")
     if not chosen:
         raise ConfigError("a steering term needs at least one layer")
-    name = check_positions(positions)
-    if name not in _ROW_POSITIONS:
-        raise ConfigError(f"positions '{name}' cannot be used per row; choose one of {', '.join(_ROW_POSITIONS)}")
-    return RowTerm(intervention, float(strength), chosen, name)
+    return RowTerm(intervention, float(strength), chosen, check_positions(positions))
 
 
 @dataclass
@@ -96,11 +90,13 @@ class _RowPositions:
         self.index = (full.long().cumsum(dim=1) - 1)[:, offset:]
         self.real = full[:, offset:]
 
-    def mask(self, positions: Positions, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    def mask(self, positions: Positions, prompt_lengths: torch.Tensor, turn_starts: torch.Tensor) -> torch.Tensor:
         """(batch, chunk, 1) True where ``positions`` select the column in its row; padding never selected."""
         assert self.index is not None and self.real is not None
         end = prompt_lengths.to(self.index.device)[:, None]
-        if positions == "prompt":
+        if positions == "turn":
+            keep = self.index >= turn_starts.to(self.index.device)[:, None]
+        elif positions == "prompt":
             keep = self.index < end
         elif positions == "answer":
             keep = self.index >= end - 1
@@ -122,19 +118,25 @@ def _check(model: nn.Module, rows: Sequence[Sequence[RowTerm]]) -> None:
                                   f"0..{depth - 1}")
 
 
-def apply_row_steering(model: nn.Module, rows: Sequence[Sequence[RowTerm]],
-                       prompt_lengths: Sequence[int]) -> SteeringHandle:
+def apply_row_steering(model: nn.Module, rows: Sequence[Sequence[RowTerm]], prompt_lengths: Sequence[int],
+                       turn_starts: Sequence[int] | None = None) -> SteeringHandle:
     """Hook one list of terms per batch row into ``model``; remove with ``.remove()`` or a ``with`` block.
 
     ``rows[i]`` steers row ``i`` of every forward call made while the hooks live (an empty list: not steered);
     ``prompt_lengths[i]`` is the number of real tokens in row ``i``'s prompt, for ``answer``, ``prompt`` and
-    ``last_prompt``. A term of weight 0 adds nothing and hooks nothing.
+    ``last_prompt``; ``turn_starts[i]`` the number of real tokens before its user turn, for ``turn``. A term of
+    weight 0 adds nothing and hooks nothing.
     """
     if len(rows) != len(prompt_lengths):
         raise ConfigError(f"{len(rows)} rows of steering but {len(prompt_lengths)} prompt lengths")
+    if turn_starts is not None and len(turn_starts) != len(rows):
+        raise ConfigError(f"{len(rows)} rows of steering but {len(turn_starts)} turn starts")
+    if turn_starts is None and any(term.positions == "turn" for terms in rows for term in terms):
+        raise ConfigError("positions 'turn' need turn_starts (real tokens before each row's user turn)")
     _check(model, rows)
     batch = len(rows)
     lengths = torch.tensor([int(n) for n in prompt_lengths], dtype=torch.long)
+    turns = torch.tensor([int(n) for n in turn_starts or [0] * batch], dtype=torch.long)
     # layer -> (source, positions) -> per-row weights: a source shared by rows is evaluated once per block.
     plan: dict[int, dict[tuple[int, Positions], tuple[Intervention, list[float]]]] = {}
     for number, terms in enumerate(rows):
@@ -170,7 +172,8 @@ def apply_row_steering(model: nn.Module, rows: Sequence[Sequence[RowTerm]],
                 part = weights.to(device=hidden.device, dtype=hidden.dtype)[:, None, None] * source.delta(layer,
                                                                                                            hidden)
                 if positions != "all":
-                    part = part * state.mask(positions, lengths).to(device=hidden.device, dtype=hidden.dtype)
+                    part = part * state.mask(positions, lengths, turns).to(device=hidden.device,
+                                                                           dtype=hidden.dtype)
                 add = part if add is None else add + part
             assert add is not None
             out = torch.where(steered.to(hidden.device)[:, None, None], hidden + add, hidden)

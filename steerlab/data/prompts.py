@@ -6,7 +6,7 @@ tokenizers would add a second BOS). A raw text gets the tokenizer's usual specia
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -60,22 +60,28 @@ class PromptStyle:
 
     def turn_start(self, tokenizer: PreTrainedTokenizerBase, user: str,
                    history: Sequence[tuple[str, str]] = ()) -> int:
-        """How many tokens of the encoded :meth:`render` come before the user's message (``turn`` positions).
-
-        Found as the tokens the rendering shares with the same rendering of other messages: what a different
-        message leaves unchanged is the system prompt, the earlier turns and the template's opening of the turn.
-        """
+        """How many tokens of the encoded :meth:`render` come before the user's message (``turn`` positions)."""
         templated = self.templated(tokenizer)
-        ids = encode(tokenizer, self.render(tokenizer, user, history), templated=templated)
-        shared = len(ids)
-        # Two probes that differ in their first character: at least one differs from ``user`` there too.
-        for probe in ("0", "1"):
-            other = encode(tokenizer, self.render(tokenizer, probe, history), templated=templated)
-            common = 0
-            while common < min(len(ids), len(other)) and ids[common] == other[common]:
-                common += 1
-            shared = min(shared, common)
-        return shared
+        return turn_start(lambda text: encode(tokenizer, self.render(tokenizer, text, history), templated=templated),
+                          user)
+
+
+def turn_start(encoded: Callable[[str], list[int]], user: str) -> int:
+    """How many tokens come before ``user`` in ``encoded(user)``, the token ids of a prompt built around a message.
+
+    Found as the tokens the prompt shares with the same prompt around other messages: what a different message
+    leaves unchanged is the system prompt, the earlier turns and the template's opening of the turn.
+    """
+    ids = encoded(user)
+    shared = len(ids)
+    # Two probes that differ in their first character: at least one differs from ``user`` there too.
+    for probe in ("0", "1"):
+        other = encoded(probe)
+        common = 0
+        while common < min(len(ids), len(other)) and ids[common] == other[common]:
+            common += 1
+        shared = min(shared, common)
+    return shared
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str, *, templated: bool) -> list[int]:

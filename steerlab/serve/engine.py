@@ -64,6 +64,7 @@ class Job:
     terms: tuple[RowTerm, ...] = ()
     program: ConditionalProgram | None = None  # gated at prefill from the prompt's user turn, then frozen
     span: tuple[int, int] | None = None  # the user turn's [start, end) tokens in the prompt, for ``program``
+    turn: int = 0  # tokens before the user's last turn, for ``turn`` positions
 
 
 @dataclass(frozen=True)
@@ -253,13 +254,13 @@ class Engine:
                 self._kv.keep(keep)
                 self._rows = [self._rows[i] for i in keep]
 
-    def _forward(self, rows: list[tuple[tuple[RowTerm, ...], int]], ids: torch.Tensor, cache: DynamicCache,
+    def _forward(self, rows: list[tuple[tuple[RowTerm, ...], Job]], ids: torch.Tensor, cache: DynamicCache,
                  **extra: Any) -> torch.Tensor:
         """Last-position logits (rows, vocab) in float32, each row steered by its own terms."""
         if self._last_logit_only:
             extra = {**extra, "logits_to_keep": 1}
         with torch.no_grad(), apply_row_steering(self.model, [terms for terms, _ in rows],
-                                                 [length for _, length in rows]):
+                                                 [len(job.prompt) for _, job in rows], [job.turn for _, job in rows]):
             out = self.model(input_ids=ids.to(self._device), use_cache=True, **cache_kwarg(self.model, cache),
                              **extra)
         return out.logits[:, -1].float()
@@ -277,7 +278,7 @@ class Engine:
             decisions = None
             if job.program is not None and job.span is not None:
                 decisions = stack.enter_context(steer_program(self.model, job.program, [job.span]))
-            logits = self._forward([(job.terms, len(job.prompt))], torch.tensor([job.prompt]), cache)
+            logits = self._forward([(job.terms, job)], torch.tensor([job.prompt]), cache)
         if job.program is not None and decisions is not None:
             row.decision, row.terms = _decided(job.program, decisions, job.terms)
         done = self._emit(row, logits[0])
@@ -294,7 +295,7 @@ class Engine:
         mask = torch.cat([kv.mask, torch.ones((kv.rows, 1), dtype=kv.mask.dtype)], dim=1)
         positions = kv.mask.sum(dim=1, keepdim=True)  # real tokens already cached = this token's position
         cache = kv.as_cache(self._config)  # type: ignore[arg-type]
-        logits = self._forward([(row.terms, len(row.ticket.job.prompt)) for row in self._rows], ids,
+        logits = self._forward([(row.terms, row.ticket.job) for row in self._rows], ids,
                                cache, attention_mask=mask.to(self._device), position_ids=positions.to(self._device))
         kv.absorb(cache, 1)
         finals = [(row, self._emit(row, row_logits)) for row, row_logits in zip(self._rows, logits, strict=True)]

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from steerlab.conditional.program import ConditionalProgram
 from steerlab.conditional.reading import encode_prompt
 from steerlab.core.rows import RowTerm, row_term
-from steerlab.data.prompts import PromptStyle
+from steerlab.data.prompts import PromptStyle, turn_start
 from steerlab.errors import ConfigError
 from steerlab.serve.engine import Engine, Job, Sampling
 from steerlab.serve.protocol import ChatRequest, CompletionRequest
@@ -74,7 +74,22 @@ class Service:
         terms, applied = self._steering(request)
         sampling = Sampling(max_tokens, request.temperature, request.top_p, request.seed, request.stops(),
                             request.ignore_eos)
-        return Job(tuple(prompt), sampling, tuple(terms), program, span), applied
+        turn = self._turn_start(request) if any(term.positions == "turn" for term in terms) else 0
+        return Job(tuple(prompt), sampling, tuple(terms), program, span, turn), applied
+
+    def _turn_start(self, request: ChatRequest | CompletionRequest) -> int:
+        """Tokens before the user's last message (``turn`` positions); a completion prompt is all turn."""
+        if isinstance(request, CompletionRequest):
+            return 0
+        messages = [message.model_dump() for message in request.messages]
+
+        def encoded(text: str) -> list[int]:
+            replaced = [*messages[:-1], {**messages[-1], "content": text}]
+            ids = self.tokenizer.apply_chat_template(replaced, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+            return [int(t) for t in ids]  # type: ignore[arg-type]
+
+        return turn_start(encoded, str(messages[-1]["content"]))
 
     def _program(self, name: str | None) -> ConditionalProgram | None:
         if name is None:
