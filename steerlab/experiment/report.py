@@ -46,9 +46,14 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         STRENGTH_PNG: png(plot_vs_strength(report)),
         EFFECTS_PNG: png(plot_effects(report)),
     }
+    return write_together(outputs, out_dir)
+
+
+def write_together(outputs: dict[str, bytes], out_dir: str | Path) -> list[Path]:
+    """Write each named file into ``out_dir`` through a temporary that replaces it only once all are written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # Contexts exit last-in first-out, so report.json (entered first) is the last file to appear.
+    # Contexts exit last-in first-out, so the first file (report.json) is the last to appear.
     with ExitStack() as stack:
         for name, data in outputs.items():
             stack.enter_context(atomic_output(out / name)).write_bytes(data)

@@ -10,12 +10,11 @@ Example::
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from steerlab.core.vector import atomic_output
 from steerlab.experiment.plots import finite, png
+from steerlab.experiment.report import write_together
 from steerlab.suite.figure import SUITE_PNG, plot_suite
 
 SUITE_JSON = "suite.json"
@@ -29,12 +28,7 @@ def write_suite_report(report: dict[str, Any], out_dir: str | Path) -> list[Path
         SUITE_MD: render_suite_markdown(report).encode("utf-8"),
         SUITE_PNG: png(plot_suite(report)),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        for name, data in outputs.items():
-            stack.enter_context(atomic_output(out / name)).write_bytes(data)
-    return [out / name for name in outputs]
+    return write_together(outputs, out_dir)
 
 
 def _signed(value: Any) -> str:
