@@ -44,6 +44,7 @@ def run_one(model: Any, tok: Any, task: str, args: argparse.Namespace) -> dict[s
     return {"task": task, "wall_seconds": took.wall, "cpu_seconds": took.cpu, "scoring": report["scoring"],
             "method": report["method"], "verdict": report["verdict"],
             "baseline": report["methods"][report["method"]]["test_accuracy"]["baseline"],
+            "point": report["methods"][report["method"]]["per_seed"][0],
             "sft": report["sft"], "retention": report["retention"]}
 
 
