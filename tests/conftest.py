@@ -37,6 +37,14 @@ CONFIGS: dict[str, Callable[[], tf.PreTrainedConfig]] = {
                                          max_position_embeddings=128, **SPECIAL),
 }
 FAMILIES = sorted(CONFIGS)
+# Per family, inside a decoder block: the attention and MLP modules (steer targets "attn" and "mlp") and the linear
+# layer that ends each, whose bias is what a steering vector added to that module's output amounts to.
+PARTS: dict[str, dict[str, tuple[str, str]]] = {
+    **{name: {"attn": ("self_attn", "self_attn.o_proj"), "mlp": ("mlp", "mlp.down_proj")}
+       for name in ("llama", "qwen2", "gemma2")},
+    "gpt2": {"attn": ("attn", "attn.c_proj"), "mlp": ("mlp", "mlp.c_proj")},
+    "gpt_neox": {"attn": ("attention", "attention.dense"), "mlp": ("mlp", "mlp.dense_4h_to_h")},
+}
 
 
 def build_model(family: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0) -> tf.PreTrainedModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from pathlib import Path
@@ -11,11 +12,13 @@ import pytest
 import torch
 import transformers as tf
 from conftest import build_model, build_tokenizer
+from torch import nn
 
 from steerlab.core.hooks import steer
 from steerlab.core.vector import SteeringVector
 from steerlab.data.items import MCItem
 from steerlab.data.prompts import PromptStyle, encode, encode_continuation, lettered_prompt, question_text
+from steerlab.errors import ConfigError
 from steerlab.experiment import runner
 from steerlab.experiment.config import RunConfig
 from steerlab.experiment.report import render_markdown
@@ -24,6 +27,7 @@ from steerlab.experiment.selection import choose, grow_layer_set
 from steerlab.experiment.stats import Estimate, paired_bootstrap, rank_p_value
 from steerlab.experiment.store import Store
 from steerlab.methods.pas import TaskFormat, build_vector, scored_item
+from steerlab.models import decoder_blocks
 from steerlab.runtime.extract import extract, single
 from steerlab.runtime.scoring import letter_logprobs, letter_token_ids
 from steerlab.runtime.sweep import Scorer, score_pushes
@@ -226,24 +230,60 @@ def test_chosen_point_equals_an_independent_hooked_pass_and_the_recipe_replays_i
     assert_replays(model, tok, items, vector, outcome, small_config())
 
 
-def assert_replays(model: tf.PreTrainedModel, tok: tf.PreTrainedTokenizerFast, items: list[MCItem],
-                   vector: SteeringVector, outcome: SeedOutcome, config: RunConfig) -> None:
-    """The run's test correctness, recomputed by an independent hooked letter-scoring pass under the recipe."""
+def letter_correctness(model: tf.PreTrainedModel, tok: tf.PreTrainedTokenizerFast, items: list[MCItem],
+                       config: RunConfig, outcome: SeedOutcome) -> list[float]:
+    """Correctness on the run's test items, from an independent letter-scoring pass of ``model`` as it is."""
     test_items = runner._Runner(model, tok, items, config, Store(None), runner.silent).splits(0).test
     assert [i.id for i in test_items] == outcome.test_ids
     prompts = [encode(tok, PromptStyle().render(tok, lettered_prompt(i.question, i.choices, i.context)),
                       templated=True) for i in test_items]
-    letters = letter_token_ids(tok, ["A", "B"])
+    picks = letter_logprobs(model, prompts, letter_token_ids(tok, ["A", "B"])).argmax(dim=-1).tolist()
+    return [float(p == i.answer) for p, i in zip(picks, test_items, strict=True)]
 
-    def correct() -> list[float]:
-        picks = letter_logprobs(model, prompts, letters).argmax(dim=-1).tolist()
-        return [float(p == i.answer) for p, i in zip(picks, test_items, strict=True)]
 
-    assert correct() == outcome.baseline
+def assert_replays(model: tf.PreTrainedModel, tok: tf.PreTrainedTokenizerFast, items: list[MCItem],
+                   vector: SteeringVector, outcome: SeedOutcome, config: RunConfig) -> None:
+    """The run's test correctness, recomputed by an independent hooked letter-scoring pass under the recipe."""
+    assert letter_correctness(model, tok, items, config, outcome) == outcome.baseline
     with steer(model, vector):  # the recipe: layers, strength and positions as selected
-        assert correct() == outcome.steered
+        assert letter_correctness(model, tok, items, config, outcome) == outcome.steered
     with steer(model, vector, -outcome.strength):
-        assert correct() == outcome.negated
+        assert letter_correctness(model, tok, items, config, outcome) == outcome.negated
+
+
+def test_an_attention_target_run_reads_and_steers_the_attention_output(
+        tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
+    model, tok = tiny
+    items = toy_items()
+    config = small_config(steer_target="attn", positions=("all",), strengths=(2.0, 8.0))
+    result = runner.run_task(model, tok, items, config)
+    outcome, vector = result.report.chosen.seeds[0], result.vectors["caa"]
+    assert vector.recipe is not None and vector.recipe.target == "attn" and vector.metadata["target"] == "attn"
+    # Independent replay of the chosen point: a copy of the model whose attention output projection at the chosen
+    # layer has the bias strength * direction (steering every position of the attention output).
+    for strength, arm in ((outcome.strength, outcome.steered), (-outcome.strength, outcome.negated)):
+        edited = copy.deepcopy(model)
+        proj = decoder_blocks(edited)[outcome.layer].self_attn.o_proj
+        proj.bias = nn.Parameter(strength * vector.layers[outcome.layer])
+        assert letter_correctness(edited, tok, items, config, outcome) == arm
+
+
+def test_vectors_from_the_first_n_training_items_keep_the_splits(
+        tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
+    model, tok = tiny
+    items = toy_items()
+    full = runner.run_task(model, tok, items, small_config(layers=(1,)))
+    part = runner.run_task(model, tok, items, small_config(layers=(1,), vector_items=6))
+    assert part.report.chosen.seeds[0].test_ids == full.report.chosen.seeds[0].test_ids
+    assert part.report.chosen.seeds[0].baseline == full.report.chosen.seeds[0].baseline
+    train = runner._Runner(model, tok, items, small_config(), Store(None), runner.silent).splits(0).train
+    # CAA needs no predictions: the direction is the mean difference over the first six training items.
+    expected = build_vector(model, tok, "caa", train[:6], [0] * 6, [1], style=PromptStyle()).layers[1]
+    got = part.vectors["caa"].layers[1]
+    assert part.vectors["caa"].metadata["settings"]["train_items"] == 6
+    assert float(torch.nn.functional.cosine_similarity(got, expected, dim=0)) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ConfigError, match="vector_items must be between 1 and n_train"):
+        small_config(vector_items=13)
 
 
 def test_a_layer_set_is_reported_beside_the_single_layer_point_and_replays(
@@ -304,6 +344,9 @@ def test_every_store_key_ingredient_invalidates(tmp_path: Path,
     assert changed(template=True) == first
     assert changed(items=[*items[:-1], MCItem("i39", "w12 w13", items[-1].choices, 0)]) == first
     assert changed(config=small_config(random_directions=5)) == first
+    # Ablation settings change the vectors and what follows them, never an unsteered pass.
+    assert 0 < changed(config=small_config(steer_target="mlp")) < first
+    assert 0 < changed(config=small_config(vector_items=8)) < first
     monkeypatch.setattr(runner, "__version__", "9.9.9")
     assert changed() == first
     monkeypatch.setattr(runner, "SWEEP_BLOCK", 4)

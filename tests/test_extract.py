@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 import transformers as tf
-from conftest import DEPTH, HIDDEN, build_model, hooks, random_ids
+from conftest import DEPTH, HIDDEN, PARTS, build_model, hooks, random_ids
 
 from steerlab.errors import ConfigError
 from steerlab.models import decoder_blocks, final_norm
@@ -95,6 +95,26 @@ def test_shared_prefix_groups_match_full_sequences(family: str) -> None:
     expected = reference(model, groups, layers)
     assert_acts_close(extract(model, groups, layers, batch_size=16), expected)
     assert_acts_close(extract(model, groups, layers, batch_size=2), expected)  # one group per batch
+
+
+@pytest.mark.parametrize("target", ["attn", "mlp"])
+def test_attention_and_mlp_targets_read_the_output_projection(family: str, target: str) -> None:
+    # Independent reading: the output of the linear layer that ends the attention (MLP), one unpadded text at a time.
+    model = build_model(family)
+    groups = prefix_groups()
+    seen: list[torch.Tensor] = []
+    proj = decoder_blocks(model)[1].get_submodule(PARTS[family][target][1])
+    handle = proj.register_forward_hook(lambda _m, _a, out: seen.append(out[0]))
+    expected = []
+    with torch.no_grad():
+        for group in groups:
+            for suffix, (start, end) in zip(group.suffixes, group.spans, strict=True):
+                seen.clear()
+                model(input_ids=torch.tensor([list(group.prefix) + list(suffix)]), use_cache=False)
+                expected.append(seen[0][len(group.prefix) + start:len(group.prefix) + end].mean(0))
+    handle.remove()
+    got = extract(model, groups, [1], batch_size=4, target=target)[1]  # type: ignore[arg-type]
+    torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
 def test_mixed_groups_come_back_in_input_order(llama: tf.PreTrainedModel) -> None:

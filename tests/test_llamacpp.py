@@ -94,6 +94,15 @@ def test_layer_zero_cannot_be_exported(tmp_path: Path) -> None:
     assert list(import_gguf(path).layers) == [3]
 
 
+def test_a_vector_for_attention_or_mlp_outputs_cannot_be_exported(tmp_path: Path) -> None:
+    from steerlab.core.recipe import Recipe
+
+    path = tmp_path / "v.gguf"
+    with pytest.raises(ConfigError, match="steers the mlp output of its blocks"):
+        export_gguf(vector((3,)).with_recipe(Recipe((3,), 1.0, target="mlp")), path)
+    assert not path.exists()
+
+
 def test_failed_export_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "v.gguf"
     path.write_bytes(b"previous")

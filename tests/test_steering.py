@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 import torch
 import transformers as tf
-from conftest import DEPTH, FAMILIES, HIDDEN, VOCAB, build_model, build_tokenizer, hooks, random_ids
+from conftest import DEPTH, FAMILIES, HIDDEN, PARTS, VOCAB, build_model, build_tokenizer, hooks, random_ids
+from torch import nn
 
 from steerlab.core.hooks import apply_steering, steer
 from steerlab.core.vector import SteeringVector
@@ -66,6 +68,43 @@ def last_block_output(model: tf.PreTrainedModel, ids: torch.Tensor) -> torch.Ten
 
 
 # Arithmetic at the hooked layer
+
+
+@pytest.mark.parametrize("target", ["attn", "mlp"])
+def test_attention_and_mlp_targets_equal_a_bias_on_their_output_projection(family: str, target: str) -> None:
+    # Independent computation: adding v to the attention (MLP) output is adding v to the bias of the linear layer
+    # that ends it, in a copy of the model with that bias edited.
+    model, v = build_model(family), vec([1], seed=5)
+    ids = torch.tensor([random_ids(7, 3)])
+    part = decoder_blocks(model)[1].get_submodule(PARTS[family][target][0])
+    forward(model, ids)  # transformers installs recorders of its own on first use
+    before = len(part._forward_hooks)
+    with steer(model, v, 2.0, target=target):
+        got = forward(model, ids).logits
+        # The named module is hooked (for a pre-norm block's MLP, adding to its output is the same as adding to
+        # the block's output, so the logits alone could not tell).
+        assert len(part._forward_hooks) == before + 1
+    assert len(part._forward_hooks) == before
+    edited = copy.deepcopy(model)
+    proj = decoder_blocks(edited)[1].get_submodule(PARTS[family][target][1])
+    bias = proj.bias if proj.bias is not None else torch.zeros(HIDDEN)
+    proj.bias = nn.Parameter(bias.detach() + 2.0 * v.layers[1])
+    expected = forward(edited, ids).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_the_recipes_target_is_applied_and_an_unknown_target_is_refused(llama: tf.PreTrainedModel) -> None:
+    from steerlab.core.recipe import Recipe
+
+    v = vec([1], seed=5)
+    ids = torch.tensor([random_ids(7, 3)])
+    with steer(llama, v, 1.5, target="mlp"):
+        expected = forward(llama, ids).logits
+    with steer(llama, v.with_recipe(Recipe((1,), 1.5, target="mlp"))):
+        assert torch.equal(forward(llama, ids).logits, expected)
+    assert Recipe.from_dict({"layers": [1], "strength": 1.0}).target == "residual"  # files from before targets
+    with pytest.raises(ConfigError, match="unknown steer target 'ffn'"):
+        steer(llama, v, 1.0, target="ffn")
 
 
 @pytest.mark.parametrize("layer", range(DEPTH - 1))

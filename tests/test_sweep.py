@@ -8,7 +8,7 @@ from contextlib import ExitStack, contextmanager
 import pytest
 import torch
 import transformers as tf
-from conftest import DEPTH, HIDDEN, build_model, random_ids
+from conftest import DEPTH, HIDDEN, PARTS, build_model, random_ids
 
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
@@ -32,13 +32,16 @@ def vector() -> SteeringVector:
 
 
 @contextmanager
-def hooked(model: tf.PreTrainedModel, layer: int, add: torch.Tensor, columns: slice) -> Iterator[None]:
+def hooked(model: tf.PreTrainedModel, layer: int, add: torch.Tensor, columns: slice,
+           part: str | None = None) -> Iterator[None]:
+    """``add`` on ``columns`` of block ``layer``'s output, or of its submodule ``part``'s output."""
     def hook(_m: object, _a: object, out: object) -> object:
         hidden = (out[0] if isinstance(out, tuple) else out).clone()  # type: ignore[index]
         hidden[:, columns] += add
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden  # type: ignore[index]
 
-    handle = decoder_blocks(model)[layer].register_forward_hook(hook)
+    block = decoder_blocks(model)[layer]
+    handle = (block if part is None else block.get_submodule(part)).register_forward_hook(hook)
     try:
         yield
     finally:
@@ -60,7 +63,8 @@ def letter_scores(model: tf.PreTrainedModel) -> list[list[float]]:
 
 
 def choice_scores(model: tf.PreTrainedModel, steer_from: str | None = None, layer: int = 0,
-                  add: torch.Tensor | None = None, also: dict[int, torch.Tensor] | None = None) -> list[list[float]]:
+                  add: torch.Tensor | None = None, also: dict[int, torch.Tensor] | None = None,
+                  part: str | None = None) -> list[list[float]]:
     """Log-likelihood of each choice; ``steer_from`` "answer" steers from the last question token, "all" all.
 
     ``also`` adds more layers' pushes on the same columns (steering several layers at once)."""
@@ -77,7 +81,7 @@ def choice_scores(model: tf.PreTrainedModel, steer_from: str | None = None, laye
                            "prompt": slice(None, start + 1)}.get(steer_from, slice(None))
                 with ExitStack() as stack:
                     for at, push in {layer: add, **(also or {})}.items():
-                        stack.enter_context(hooked(model, at, push, columns))
+                        stack.enter_context(hooked(model, at, push, columns, part))
                     lp = logprobs(model, question + choice)
             row.append(sum(float(lp[start + j, token]) for j, token in enumerate(choice)))
         rows.append(row)
@@ -196,3 +200,20 @@ def test_layer_sets_equal_hooks_at_every_layer_of_the_set(family: str) -> None:
                                               {layer: group[layer][k] for layer in key[1:]}))
     with pytest.raises(ConfigError, match=r"push set \(0, 1\) must give additions for exactly its layers"):
         score_push_sets(model, items, Scorer(), {(0, 1): {0: signs * v.layers[0]}})
+
+
+@pytest.mark.parametrize("target", ["attn", "mlp"])
+def test_attention_and_mlp_targets_equal_hooks_on_those_modules(family: str, target: str) -> None:
+    # The replay starts from the lowest block's recorded input and runs that block with the push inside it.
+    model, v = build_model(family), vector()
+    signs = torch.tensor([1.5, -2.0])[:, None]
+    sets = {(0,): {0: signs * v.layers[0]}, (1, 2): {1: signs * v.layers[1], 2: signs * v.layers[2]}}
+    items = [ScoredItem(tuple(q[:-1]), tuple((q[-1], *c) for c in cs)) for q, cs in zip(QUESTIONS, CHOICES,
+                                                                                           strict=True)]
+    result = score_push_sets(model, items, Scorer(), sets, batch_size=2, target=target)
+    assert_grid(result.baseline, choice_scores(model))
+    part = PARTS[family][target][0]
+    for key, group in sets.items():
+        for k, scores in enumerate(result.steered[key]):
+            assert_grid(scores, choice_scores(model, "answer", key[0], group[key[0]][k],
+                                              {layer: group[layer][k] for layer in key[1:]}, part))

@@ -70,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        n_train=args.n_train, n_val=args.n_val,
                        n_test=args.n_test, seeds=args.seeds, seed=args.seed, scoring=args.scoring,
                        length_normalize=args.length_normalize, chat=not args.no_chat, icl_k=args.icl_k,
-                       batch_size=args.batch_size, compare_sft=args.compare == "sft", **_retain(args.retain))
+                       batch_size=args.batch_size, compare_sft=args.compare == "sft", steer_target=args.steer_target,
+                       vector_items=args.vector_items, **_retain(args.retain))
     model, tok = load_model_from_args(args)
     bars = Bars(not args.quiet)
     result = run_task(model, tok, items, config, out_dir=out, progress=bars)
@@ -140,6 +141,12 @@ def register(sub: Any) -> None:
                    help="sft: also train a LoRA adapter (PEFT) on the same training split, rate and epochs chosen on "
                         "the same validation split, and run PAS on top of it; reports PAS, LoRA and LoRA + PAS on the "
                         "same test items with time and bytes stored")
+    p.add_argument("--steer-target", choices=("residual", "attn", "mlp"), default="residual",
+                   help="ablation: where each block is read and steered: its output (residual, default), its "
+                        "attention output or its MLP output")
+    p.add_argument("--vector-items", type=int, metavar="N",
+                   help="ablation: build vectors from the first N training items only (splits unchanged), for a "
+                        "sample-size curve")
     p.add_argument("--out", help="output folder (default steerlab-runs/<task>); re-running resumes")
     add_common(p)
     p.set_defaults(func=cmd_run)

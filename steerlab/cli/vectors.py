@@ -117,7 +117,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     recipe = summary.get("metadata", {}).get("recipe")
     if recipe:
         print(f"  recipe       layers {recipe['layers']}, strength {recipe['strength']:g} ({recipe['unit']}), "
-              f"positions {recipe['positions']}: what steer() and generate apply by default")
+              f"positions {recipe['positions']}, target {recipe.get('target', 'residual')}: what steer() and "
+              "generate apply by default")
     extra = {k: v for k, v in summary.get("metadata", {}).items()
              if k not in ("model", "method", "token", "normalized", "hidden_size", "layers", "recipe")}
     for key, value in sorted(extra.items()):

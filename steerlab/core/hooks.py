@@ -1,6 +1,7 @@
 """Steering hooks: add interventions to the output of decoder blocks, reversibly.
 
-Layer ``i`` is the output of decoder block ``i`` (0-based), i.e. ``hidden_states[i + 1]`` in transformers.
+Layer ``i`` is the output of decoder block ``i`` (0-based), i.e. ``hidden_states[i + 1]`` in transformers. With
+``target="attn"`` or ``"mlp"`` the addition goes to that block's attention or MLP output instead.
 Nothing in the user's model is replaced or mutated: steering is a set of forward hooks that are always removed.
 
 Positions (see :mod:`steerlab.core.positions`) are absolute columns, read per row from the attention mask and the
@@ -29,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from steerlab.core.positions import Positions, check_positions
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
-from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
+from steerlab.models import Target, base_model, check_target, hidden_size, num_layers, target_module
 
 
 @runtime_checkable
@@ -215,6 +216,7 @@ def apply_steering(
     positions: Positions | str | None = None,
     prompt_lengths: Sequence[int] | None = None,
     turn_starts: Sequence[int] | None = None,
+    target: Target | str | None = None,
 ) -> SteeringHandle:
     """Hook ``steering`` into ``model``: each hooked block's output becomes ``h + sum(w * strength * delta)``.
 
@@ -223,7 +225,8 @@ def apply_steering(
     hook at all, so strength 0 leaves the logits bit-identical.
 
     A single vector that carries a recipe (``steerlab run`` writes one) is applied as it was selected: ``strength``,
-    ``positions`` and ``layers`` default to the recipe's; otherwise to 1.0, ``"all"`` and every layer.
+    ``positions``, ``layers`` and ``target`` default to the recipe's; otherwise to 1.0, ``"all"``, every layer and
+    ``"residual"`` (the block's output; ``"attn"`` / ``"mlp"`` hook the block's attention / MLP output).
 
     Positions are per row, from the attention mask and the cache length: left or right padding, chunked prefill and
     a caller's prefix cache all give the same steered tokens as one full forward. ``prompt_lengths`` (real tokens
@@ -238,6 +241,9 @@ def apply_steering(
         positions = recipe.positions if recipe is not None else "all"
     if layers is None and recipe is not None:
         layers = recipe.layers
+    if target is None:
+        target = recipe.target if recipe is not None else "residual"
+    target = check_target(target)
     positions = check_positions(positions)
     if positions == "turn" and turn_starts is None:
         raise ConfigError("positions 'turn' need turn_starts= (real tokens before the user's turn, per row): "
@@ -270,7 +276,6 @@ def apply_steering(
 
         handles.append(base_model(model).register_forward_pre_hook(track, with_kwargs=True))
 
-    blocks = decoder_blocks(model)
     for layer, terms in sorted(by_layer.items()):
 
         def hook(
@@ -286,7 +291,7 @@ def apply_steering(
 
         # Prepended, so that hooks registered earlier (transformers' own output_hidden_states recorder, installed
         # on first use) see the steered output that the next block receives, not the block's raw output.
-        handles.append(blocks[layer].register_forward_hook(hook, prepend=True))
+        handles.append(target_module(model, layer, target).register_forward_hook(hook, prepend=True))
     return SteeringHandle(handles, sorted(by_layer))
 
 
@@ -299,7 +304,8 @@ def steer(
     positions: Positions | str | None = None,
     prompt_lengths: Sequence[int] | None = None,
     turn_starts: Sequence[int] | None = None,
+    target: Target | str | None = None,
 ) -> SteeringHandle:
     """Context-manager form of :func:`apply_steering`: the hooks are removed when the block exits, even on error."""
     return apply_steering(model, steering, strength, layers=layers, positions=positions,
-                          prompt_lengths=prompt_lengths, turn_starts=turn_starts)
+                          prompt_lengths=prompt_lengths, turn_starts=turn_starts, target=target)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from steerlab.core.positions import Positions, check_positions
 from steerlab.errors import ConfigError
 from steerlab.methods.pas import PAS_METHODS
+from steerlab.models import Target, check_target
 
 Select = Literal["directional", "accuracy"]
 Unit = Literal["relative", "absolute"]
@@ -60,6 +61,11 @@ class RunConfig:
     retain: str | None = None
     retain_n: int = 100
     compare_sft: bool = False  # also fine-tune a LoRA adapter on the same splits, and PAS on top (finetune.lora)
+    # Ablations. Where each block is read and steered: its output, or its attention or MLP output.
+    steer_target: Target = "residual"
+    # Build vectors from the first this many training items only; the splits stay those of n_train, so a
+    # sample-size curve compares vectors on the same validation and test items.
+    vector_items: int | None = None
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -83,6 +89,9 @@ class RunConfig:
                                   "and measures each one's negation itself (use --select accuracy for signed grids)")
         if self.random_directions < 1:
             raise ConfigError(f"random_directions must be at least 1, got {self.random_directions}")
+        check_target(self.steer_target)
+        if self.vector_items is not None and not 1 <= self.vector_items <= self.n_train:
+            raise ConfigError(f"vector_items must be between 1 and n_train ({self.n_train}), got {self.vector_items}")
         if self.retain is not None and self.retain == self.task:
             raise ConfigError(f"--retain {self.retain}: retention is measured on a task the steering was not "
                               "selected on; choose another task (default mmlu)")
@@ -92,8 +101,15 @@ class RunConfig:
 
     @property
     def pas_settings(self) -> dict[str, Any]:
-        """The settings PAS results depend on: adding --retain or --compare to a finished run reuses its work."""
-        return {k: v for k, v in asdict(self).items() if k not in ("retain", "retain_n", "compare_sft")}
+        """The settings the unsteered passes and every PAS result depend on: adding --retain or --compare to a
+        finished run reuses its work, and so does an ablation (see :attr:`vector_settings`)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("retain", "retain_n", "compare_sft", *self.vector_settings)}
+
+    @property
+    def vector_settings(self) -> dict[str, Any]:
+        """The ablation settings, which change the vectors and what follows them but no unsteered pass."""
+        return {"steer_target": self.steer_target, "vector_items": self.vector_items}
 
     @property
     def strength_grid(self) -> tuple[float, ...]:

@@ -100,7 +100,7 @@ def knowledge_scores(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vecto
                   if fmt.scoring == "letters" else None)
     scored = [scored_item(tokenizer, item, fmt) for item in items]
     result = score_push_sets(model, scored, Scorer(letter_ids, fmt.length_normalize), pushes, batch_size=batch_size,
-                             progress=progress, what="retention: knowledge task")
+                             progress=progress, what="retention: knowledge task", target=vector.recipe.target)
     return argmax_choices(result.baseline), argmax_choices(result.steered[vector.recipe.layers][0])
 
 

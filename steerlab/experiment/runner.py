@@ -149,6 +149,10 @@ class _Runner:
     def key(self, *parts: Any) -> str:
         return fingerprint(self.base_key, *parts)
 
+    def method_key(self, seed: int, method: str, *parts: Any) -> str:
+        """The key of a piece that depends on the vector: the ablation settings are part of it."""
+        return self.key(seed, method, self.config.vector_settings, *parts)
+
     def time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
@@ -173,7 +177,8 @@ class _Runner:
                history: Sequence[tuple[str, str]] = ()) -> list[list[int]]:
         """Predicted choices under each row of ``pushes`` added at ``layer``."""
         result = score_pushes(self.model, self.scored(items, fmt, history), self.scorer(fmt), {layer: pushes},
-                              batch_size=self.config.batch_size, progress=self.progress, what=what)
+                              batch_size=self.config.batch_size, progress=self.progress, what=what,
+                              target=self.config.steer_target)
         return [argmax_choices(scores) for scores in result.steered[layer]]
 
     def splits(self, seed: int) -> Splits:
@@ -248,12 +253,12 @@ class _Runner:
             def compute(block: list[ScoredItem] = block) -> list[list[Any]]:
                 pushes = {tuple(sorted(s)): {layer: signs * vector.layers[layer] for layer in s} for s in sets}
                 result = score_push_sets(self.model, block, self.scorer(fmt), pushes,
-                                         batch_size=self.config.batch_size)
+                                         batch_size=self.config.batch_size, target=self.config.steer_target)
                 return [[list(s), k, argmax_choices(scores)] for s in sets
                         for k, scores in enumerate(result.steered[tuple(sorted(s))])]
 
             entries, seconds = self.store.json(
-                self.key(row.seed, method, "sweep", positions, [list(s) for s in sets], start), compute)
+                self.method_key(row.seed, method, "sweep", positions, [list(s) for s in sets], start), compute)
             self.time("sweep", seconds)
             for layers, k, predicted in entries:
                 if len(predicted) != len(block):
@@ -285,14 +290,20 @@ class _Runner:
         result = score_push_sets(self.model, self.scored(row.splits.test, fmt), self.scorer(fmt), {key: pushes},
                                  batch_size=self.config.batch_size, progress=self.progress,
                                  what=f"seed {row.seed} {method}: test, vector and {self.config.random_directions} "
-                                      "random")
+                                      "random", target=self.config.steer_target)
         return [argmax_choices(scores) for scores in result.steered[key]]
+
+    def vector_train(self, row: _Seed) -> tuple[list[MCItem], list[int]]:
+        """The training items vectors are built from, with the unsteered predictions on them."""
+        used = self.config.vector_items or len(row.splits.train)
+        return list(row.splits.train[:used]), row.train_predicted[:used]
 
     def run_method(self, row: _Seed, method: str, scoring: str) -> _Chosen:
         fmt = self.fmt(scoring)
-        raw, seconds = self.store.vector(self.key(row.seed, method, "vector"), partial(
-            build_vector, self.model, self.tokenizer, method, row.splits.train, row.train_predicted, self.layers,
-            style=fmt.style, scoring=fmt.scoring, batch_size=2 * self.config.batch_size, progress=self.progress))
+        raw, seconds = self.store.vector(self.method_key(row.seed, method, "vector"), partial(
+            build_vector, self.model, self.tokenizer, method, *self.vector_train(row), self.layers,
+            style=fmt.style, scoring=fmt.scoring, batch_size=2 * self.config.batch_size, progress=self.progress,
+            target=self.config.steer_target))
         self.time("vectors", seconds)
         vector = in_unit(raw, self.config.unit)
         val_baseline = _accuracy(row.baseline["val"], row.splits.val)
@@ -303,7 +314,7 @@ class _Runner:
     def tested(self, row: _Seed, method: str, vector: SteeringVector, cell: SweepCell, cells: list[SweepCell],
                score: float, scoring: str, val_baseline: float) -> _Chosen:
         predicted, seconds = self.store.json(
-            self.key(row.seed, method, "test", cell.positions, list(cell.layers), cell.strength),
+            self.method_key(row.seed, method, "test", cell.positions, list(cell.layers), cell.strength),
             partial(self.test_point, row, method, vector, cell, scoring))
         self.time("test", seconds)
         test = row.splits.test
@@ -335,7 +346,7 @@ class _Runner:
         o = chosen.outcome
         fmt = self.fmt(scoring, chosen.cell.positions)
         predicted, seconds = self.store.json(
-            self.key(row.seed, method, "icl-steering", o.positions, o.layer, o.strength),
+            self.method_key(row.seed, method, "icl-steering", o.positions, o.layer, o.strength),
             partial(self.pushed, row.splits.test, fmt, o.layer, chosen.vector.layers[o.layer][None] * o.strength,
                     f"seed {row.seed} {method}: ICL + steering", row.history))
         self.time("controls", seconds)
@@ -357,7 +368,7 @@ class _Runner:
         skipped: dict[str, str] = {}
         for row in rows:
             for method in c.methods:
-                problem = method_problem(method, row.splits.train, row.train_predicted)
+                problem = method_problem(method, *self.vector_train(row))
                 if problem:
                     skipped[method] = f"seed {row.seed}: {problem}"
                     continue
@@ -445,7 +456,7 @@ class _Runner:
 
     def exported(self, run: _Chosen) -> SteeringVector:
         o = run.outcome
-        recipe = Recipe(o.layers, o.strength, self.config.unit, run.cell.positions)
+        recipe = Recipe(o.layers, o.strength, self.config.unit, run.cell.positions, self.config.steer_target)
         vector = run.vector.with_recipe(recipe)
         return SteeringVector(vector.layers, {**vector.metadata, "task": self.config.task, "seed": o.seed,
                                               "selected_by": self.config.select})

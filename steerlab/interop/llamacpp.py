@@ -58,6 +58,10 @@ def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None
             "llama.cpp cannot apply a control vector at layer 0 (it rejects tensor direction.0 and never "
             "adds a direction after decoder block 0); restrict the vector to layers >= 1 before exporting"
         )
+    target = vector.recipe.target if vector.recipe is not None else "residual"
+    if target != "residual":
+        raise ConfigError(f"the vector steers the {target} output of its blocks, but a llama.cpp control vector is "
+                          "added to block outputs only; export a vector built with --steer-target residual")
     if model_hint is None:
         model_hint = vector.metadata.get("model_hint", vector.metadata.get("model"))
     try:

@@ -37,7 +37,7 @@ from steerlab.data.prompts import (
 from steerlab.errors import ConfigError
 from steerlab.methods.contrastive import mean_difference
 from steerlab.methods.train import pair_group
-from steerlab.models import hidden_size, model_name
+from steerlab.models import Target, hidden_size, model_name
 from steerlab.progress import Progress, silent
 from steerlab.runtime.extract import Group, extract, single
 from steerlab.runtime.sweep import ScoredItem
@@ -173,12 +173,16 @@ def build_vector(
     batch_size: int = 16,
     progress: Progress = silent,
     extra_metadata: dict[str, Any] | None = None,
+    target: Target = "residual",
 ) -> SteeringVector:
-    """The ``method`` vector at every layer in ``layers``, from one extraction pass."""
+    """The ``method`` vector at every layer in ``layers``, from one extraction pass, read at ``target`` (the block
+    output, or its attention or MLP output: see :func:`steerlab.models.target_module`)."""
     positive, negative = vector_groups(method, tokenizer, items, predicted, style, scoring)
-    acts = extract(model, positive + (negative or []), layers, batch_size=batch_size, progress=progress)
+    acts = extract(model, positive + (negative or []), layers, batch_size=batch_size, progress=progress,
+                   target=target)
     directions = {}
-    # The typical size of the residual stream where the vector is read: relative strengths are in this unit.
+    # The typical size of the activations where the vector is read (the residual stream unless another target is
+    # asked for): relative strengths are in this unit.
     residual_norms = {str(layer): float(acts[layer].norm(dim=-1).mean()) for layer in layers}
     for layer in layers:
         if negative is None:
@@ -194,6 +198,7 @@ def build_vector(
         "normalized": False,
         "settings": {"train_items": len(items), "chat_template": style.templated(tokenizer), "scoring": scoring},
         "residual_norms": residual_norms,
+        "target": target,
     }
     metadata.update(extra_metadata or {})
     return SteeringVector(directions, metadata)

@@ -2,10 +2,13 @@
 
 from steerlab.models.architectures import (
     ARCHITECTURES,
+    TARGETS,
     Architecture,
+    Target,
     architecture,
     base_model,
     cache_kwarg,
+    check_target,
     decoder_blocks,
     final_logits,
     final_norm,
@@ -13,17 +16,21 @@ from steerlab.models.architectures import (
     model_name,
     num_layers,
     register_architecture,
+    target_module,
 )
 from steerlab.models.loading import DEFAULT_MODEL_NAME, cache_root, default_model_path, load_model
 
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_MODEL_NAME",
+    "TARGETS",
     "Architecture",
+    "Target",
     "architecture",
     "base_model",
     "cache_kwarg",
     "cache_root",
+    "check_target",
     "decoder_blocks",
     "default_model_path",
     "final_logits",
@@ -33,4 +40,5 @@ __all__ = [
     "model_name",
     "num_layers",
     "register_architecture",
+    "target_module",
 ]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from steerlab.errors import ModelError
+from steerlab.errors import ConfigError, ModelError
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,38 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
         raise ModelError(f"{type(model).__name__}.{path} is a {type(blocks).__name__}, not an nn.ModuleList "
                          f"of decoder blocks; fix it with steerlab.models.register_architecture")
     return blocks
+
+
+Target = Literal["residual", "attn", "mlp"]
+TARGETS: tuple[Target, ...] = ("residual", "attn", "mlp")
+# Where each target lives inside a decoder block, by the names the supported families use.
+_PART_NAMES: dict[str, tuple[str, ...]] = {"attn": ("self_attn", "attn", "attention", "self_attention"),
+                                           "mlp": ("mlp", "feed_forward")}
+
+
+def check_target(target: str) -> Target:
+    if target not in TARGETS:
+        raise ConfigError(f"unknown steer target {target!r}; choose one of {', '.join(TARGETS)}")
+    return target
+
+
+def target_module(model: nn.Module, layer: int, target: str = "residual") -> nn.Module:
+    """The module whose output steering at ``target`` of ``layer`` reads and writes.
+
+    ``residual``: decoder block ``layer`` (its output is the residual stream); ``attn`` and ``mlp``: that block's
+    attention and MLP modules, whose outputs are what the block adds to the residual stream (after any norm the
+    block applies to them).
+    """
+    block = decoder_blocks(model)[layer]
+    if check_target(target) == "residual":
+        return block
+    for name in _PART_NAMES[target]:
+        part = getattr(block, name, None)
+        if isinstance(part, nn.Module):
+            return part
+    children = ", ".join(name for name, _ in block.named_children())
+    raise ModelError(f"cannot find the {target} module of a {type(block).__name__} block (looked for "
+                     f"{', '.join(_PART_NAMES[target])}; its children are {children}): steer the residual stream")
 
 
 def cache_kwarg(module: nn.Module, cache: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab.models import decoder_blocks
+from steerlab.models import Target, target_module
 
 
 class _Stop(Exception):
@@ -30,14 +30,15 @@ class _Stop(Exception):
 
 
 @contextmanager
-def capture(model: nn.Module, layers: Sequence[int], *, stop_after: bool = False) -> Iterator[dict[int, torch.Tensor]]:
-    """Hooks that store each listed block's output in the yielded dict (the latest call's, per layer).
+def capture(model: nn.Module, layers: Sequence[int], *, stop_after: bool = False,
+            target: Target = "residual") -> Iterator[dict[int, torch.Tensor]]:
+    """Hooks that store each listed block's output (or its attention or MLP output, see ``target``) in the yielded
+    dict (the latest call's, per layer).
 
     With ``stop_after`` the forward is cut short after the deepest listed layer: make the call through
     :func:`run_until_captured`.
     """
     store: dict[int, torch.Tensor] = {}
-    blocks = decoder_blocks(model)
     last = max(layers)
     handles = []
     for layer in sorted(set(layers)):
@@ -47,7 +48,7 @@ def capture(model: nn.Module, layers: Sequence[int], *, stop_after: bool = False
             if stop_after and layer == last:
                 raise _Stop
 
-        handles.append(blocks[layer].register_forward_hook(hook))
+        handles.append(target_module(model, layer, target).register_forward_hook(hook))
     try:
         yield store
     finally:

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from steerlab.errors import ConfigError
-from steerlab.models import base_model, cache_kwarg, hidden_size, num_layers
+from steerlab.models import Target, base_model, cache_kwarg, hidden_size, num_layers
 from steerlab.progress import Progress, silent
 from steerlab.runtime import batching
 from steerlab.runtime.capture import capture, run_until_captured
@@ -51,7 +51,7 @@ def single(ids: Sequence[int], span: tuple[int, int] | None = None) -> Group:
 
 @torch.no_grad()
 def _run_batch(
-    model: nn.Module, groups: Sequence[Group], layers: Sequence[int], pad: int
+    model: nn.Module, groups: Sequence[Group], layers: Sequence[int], pad: int, target: Target
 ) -> dict[int, torch.Tensor]:
     """Activations (reduced over spans) of every suffix of ``groups``, which all have the same number of suffixes."""
     base = base_model(model)
@@ -79,7 +79,7 @@ def _run_batch(
     width = ids.shape[1]
     mask = torch.cat([prefix_mask, suffix_mask], dim=1)
     positions = batching.positions(mask)[:, prefix_mask.shape[1]:]
-    with capture(model, layers, stop_after=True) as captured:
+    with capture(model, layers, stop_after=True, target=target) as captured:
         run_until_captured(base, input_ids=ids, attention_mask=mask, position_ids=positions,
                            **cache_kwarg(base, cache), use_cache=cache is not None)
 
@@ -99,8 +99,12 @@ def extract(
     *,
     batch_size: int = 16,
     progress: Progress = silent,
+    target: Target = "residual",
 ) -> dict[int, torch.Tensor]:
     """Activations of every suffix of every group at ``layers``: ``{layer: tensor (n_texts, hidden)}`` in input order.
+
+    ``target`` says which output of each block is read: the block's (the residual stream), its attention's or its
+    MLP's.
 
     Memory stays bounded by one batch's activations at the requested layers plus the (n_texts, hidden) results.
     """
@@ -131,7 +135,7 @@ def extract(
                and (len(groups[order[end]].prefix) > 0) == (len(first.prefix) > 0)):
             end += 1
         chunk = order[start:end]
-        acts = _run_batch(model, [groups[i] for i in chunk], layers, pad)
+        acts = _run_batch(model, [groups[i] for i in chunk], layers, pad, target)
         rows = torch.tensor([offsets[i] + k for i in chunk for k in range(len(groups[i].suffixes))])
         for layer in layers:
             out[layer][rows] = acts[layer]

@@ -4,7 +4,8 @@ Steering at layer L changes nothing below L, so a sweep over strengths need not 
 up to L. One unsteered forward pass over the steered chunk (the last prompt token, or the answer tokens) records
 what every decoder block received: its positional and keyword arguments (attention mask, rotary embeddings, cache)
 and its output. A grid point then starts from block L's recorded output plus ``strength * vector`` and runs blocks
-L+1.. only, for all strengths at once (the batch is repeated once per strength, the cache with it).
+L+1.. only, for all strengths at once (the batch is repeated once per strength, the cache with it). Steering inside
+block L (its attention or MLP output) starts from block L's recorded input instead and runs blocks L.. .
 
 Architecture-independent: the recorded arguments are replayed as the model itself passed them, so per-layer masks
 (sliding windows) and per-layer rotary tables come along.
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from transformers import Cache
 
-from steerlab.models import decoder_blocks
+from steerlab.models import Target, decoder_blocks, target_module
 
 
 def _expand(value: Any, batch: int, repeat: int, cache: Cache | None) -> Any:
@@ -81,6 +82,33 @@ def expanded_cache(cache: Cache, repeat: int) -> Cache:
     return copied
 
 
+@contextmanager
+def adding(model: nn.Module, target: Target, additions: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Hooks that add ``additions[layer]`` to the output of ``target`` in block ``layer``, for the block's duration."""
+    handles = []
+    for layer, add in additions.items():
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any, add: torch.Tensor = add) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output
+            steered = hidden + add.to(hidden.device)
+            return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+        handles.append(target_module(model, layer, target).register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def block_input(recording: Recording, index: int) -> torch.Tensor:
+    """The hidden states block ``index`` received in the recorded pass."""
+    args, kwargs = recording.inputs[index]
+    hidden = args[0] if args else kwargs["hidden_states"]
+    assert isinstance(hidden, torch.Tensor)
+    return hidden
+
+
 def run_above(
     model: nn.Module,
     recording: Recording,
@@ -91,7 +119,8 @@ def run_above(
     cache: Cache | None,
     additions: Mapping[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Blocks ``layer + 1 ..`` applied to ``hidden``, the (batch * repeat, seq, hidden) output of block ``layer``.
+    """Blocks ``layer + 1 ..`` applied to ``hidden``, the (batch * repeat, seq, hidden) output of block ``layer``
+    (``layer = -1``: every block, from the embeddings).
 
     ``additions[k]`` (broadcastable to ``hidden``) is added to block ``k``'s output on the way up: steering at
     several layers replays from the lowest one.
@@ -101,7 +130,7 @@ def run_above(
     caller crops those before the next replay.
     """
     blocks = decoder_blocks(model)
-    batch = recording.outputs[layer].shape[0]
+    batch = hidden.shape[0] // repeat
     for index in range(layer + 1, len(blocks)):
         args, kwargs = recording.inputs[index]
         kwargs = _expand(kwargs, batch, repeat, cache)

@@ -27,10 +27,10 @@ from transformers.cache_utils import DynamicLayer
 
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
-from steerlab.models import base_model, cache_kwarg, final_logits, num_layers
+from steerlab.models import Target, base_model, cache_kwarg, check_target, final_logits, num_layers
 from steerlab.progress import Progress, silent
 from steerlab.runtime import batching
-from steerlab.runtime.replay import expanded_cache, record, run_above
+from steerlab.runtime.replay import adding, block_input, expanded_cache, record, run_above
 
 SHARED_MIN_TOKENS = 32  # a common prefix at least this long is computed once for all items
 
@@ -174,7 +174,8 @@ def _on_steered(additions: torch.Tensor, steered: torch.Tensor, like: torch.Tens
 
 @torch.no_grad()
 def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
-           sets: Mapping[LayerSet, Mapping[int, torch.Tensor]], pad: int, shared: _Shared) -> PushSetScores:
+           sets: Mapping[LayerSet, Mapping[int, torch.Tensor]], pad: int, shared: _Shared,
+           target: Target) -> PushSetScores:
     device = next(model.parameters()).device
     base = base_model(model)
     counts = [len(item.chunks) for item in items]
@@ -231,12 +232,20 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
         template = {k: copy.deepcopy(above) for k, above in enumerate(replay_cache.layers)
                     if getattr(above, "is_sliding", False)} if replay_cache is not None else {}
         out = recording.outputs[lowest]
-        hidden = out.repeat_interleave(repeat, dim=0) + _on_steered(group[lowest], steered, out)
-        above = {layer: _on_steered(t, steered, out) for layer, t in group.items() if layer != lowest}
-        final = hidden if lowest == last else run_above(model, recording, lowest, hidden, repeat=repeat,
-                                                        cache=replay_cache, additions=above)
+        if target == "residual":
+            first = lowest + 1  # the first block replayed
+            hidden = out.repeat_interleave(repeat, dim=0) + _on_steered(group[lowest], steered, out)
+            above = {layer: _on_steered(t, steered, out) for layer, t in group.items() if layer != lowest}
+            final = hidden if lowest == last else run_above(model, recording, lowest, hidden, repeat=repeat,
+                                                            cache=replay_cache, additions=above)
+        else:  # the push enters inside block `lowest`: replay it too, from its recorded input
+            first = lowest
+            with adding(model, target, {layer: _on_steered(t, steered, out) for layer, t in group.items()}):
+                final = run_above(model, recording, lowest - 1,
+                                  block_input(recording, lowest).repeat_interleave(repeat, dim=0), repeat=repeat,
+                                  cache=replay_cache)
         if replay_cache is not None:
-            for k in range(lowest + 1, len(replay_cache.layers)):
+            for k in range(first, len(replay_cache.layers)):
                 if k in template:
                     replay_cache.layers[k] = copy.deepcopy(template[k])
                 else:  # drop the replayed chunk, keep the shared prefix
@@ -256,14 +265,17 @@ def score_push_sets(
     batch_size: int = 8,
     progress: Progress = silent,
     what: str = "sweep",
+    target: Target = "residual",
 ) -> PushSetScores:
     """Unsteered scores of ``items``, and their scores under each push of each layer set.
 
     ``sets[(l1, l2, ..)]`` maps each of its layers to a (P, hidden) tensor; push ``k`` adds row ``k`` of every layer's
     tensor at that layer, all at once (steering several layers together), on the steered positions of every chunk.
     The replay starts at the set's lowest layer. Strengths, negations and random directions are all just rows.
+    ``target`` says where in each block a push is added: its output (``residual``), its attention or MLP output.
     """
     _check_sets(sets)
+    check_target(target)
     pad = batching.pad_id(model)
     shared = _shared_prefix(model, items)
     # Batches of similar chunk and prefix lengths, so little of the replayed work is padding; results go back to
@@ -275,7 +287,7 @@ def score_push_sets(
         for key, group in sets.items()}
     for start in range(0, len(items), batch_size):
         picked = order[start:start + batch_size]
-        part = _batch(model, [items[i] for i in picked], scorer, sets, pad, shared)
+        part = _batch(model, [items[i] for i in picked], scorer, sets, pad, shared, target)
         for row, i in enumerate(picked):
             baseline[i] = part.baseline[row]
             for key, per_push in part.steered.items():
@@ -294,6 +306,7 @@ def score_pushes(
     batch_size: int = 8,
     progress: Progress = silent,
     what: str = "sweep",
+    target: Target = "residual",
 ) -> PushScores:
     """Unsteered scores of ``items``, and their scores with each row of ``pushes[layer]`` added at ``layer``.
 
@@ -301,7 +314,7 @@ def score_pushes(
     of every chunk, all replayed in one batch. Strengths, negated vectors and random directions are all just rows.
     """
     result = score_push_sets(model, items, scorer, {(layer,): {layer: p} for layer, p in pushes.items()},
-                             batch_size=batch_size, progress=progress, what=what)
+                             batch_size=batch_size, progress=progress, what=what, target=target)
     return PushScores(result.baseline, {key[0]: scores for key, scores in result.steered.items()})
 
 
@@ -316,6 +329,7 @@ def score_grid(
     batch_size: int = 8,
     progress: Progress = silent,
     what: str = "sweep",
+    target: Target = "residual",
 ) -> GridScores:
     """Unsteered scores of ``items`` and their scores steered at every layer x strength (none if no vector)."""
     pushes: dict[int, torch.Tensor] = {}
@@ -326,7 +340,8 @@ def score_grid(
         # strength * vector in the vector's dtype, as the steering hook computes it
         pushes = {layer: torch.tensor([float(s) for s in strengths], dtype=vector.layers[layer].dtype)[:, None]
                   * vector.layers[layer] for layer in layers}
-    result = score_pushes(model, items, scorer, pushes, batch_size=batch_size, progress=progress, what=what)
+    result = score_pushes(model, items, scorer, pushes, batch_size=batch_size, progress=progress, what=what,
+                          target=target)
     grid = {(layer, float(s)): result.steered[layer][k] for layer in pushes for k, s in enumerate(strengths)}
     return GridScores(result.baseline, grid)
 
