@@ -90,6 +90,7 @@ def test_the_dtype_flag_loads_that_precision_and_keys_results_apart(folder: Path
     full, _ = load_model(str(folder))
     assert model_identity(half, tok)["dtype"] == "torch.bfloat16"
     assert model_identity(half, tok) != model_identity(full, tok)  # so no stored fp32 result is reused in bf16
+    assert model_identity(full, tok)["devices"] == "cpu"  # the kind of device is in every store key too
 
 
 def test_bad_devices_and_dtypes_are_clear_errors(folder: Path) -> None:

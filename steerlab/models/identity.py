@@ -1,4 +1,4 @@
-"""What makes two loaded models the same for a cached result: weights, dtype, tokenizer and chat template.
+"""What makes two loaded models the same for a cached result: weights, dtype, devices, tokenizer and chat template.
 
 A model's name is not enough: the embedded model and a hub download share one, and a resumed run after an upgrade
 or a fine-tune must not reuse work computed on other weights.
@@ -48,7 +48,12 @@ def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def model_identity(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
-    """Everything about the model and tokenizer that changes a result, for store keys."""
+    """Everything about the model and tokenizer that changes a result, for store keys.
+
+    ``devices`` holds the kinds of device the weights sit on (``cpu``, ``cuda``, ...): kernels differ between them,
+    so a result computed on one is not reused on another. Offloaded weights (``meta``) run where their block runs.
+    """
     dtype = next(model.parameters()).dtype
-    return {"model": model_name(model), "dtype": str(dtype), "weights": weights_digest(model),
-            "tokenizer": tokenizer_digest(tokenizer)}
+    kinds = sorted({p.device.type for p in model.parameters() if not p.is_meta})
+    return {"model": model_name(model), "dtype": str(dtype), "devices": ",".join(kinds),
+            "weights": weights_digest(model), "tokenizer": tokenizer_digest(tokenizer)}
