@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from steerlab.core.positions import Positions, check_positions
+from steerlab.core.positions import Positions, check_positions, position_mask
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import Target, base_model, check_target, hidden_size, num_layers, target_module
@@ -166,20 +166,10 @@ def _column_after(full: torch.Tensor, counts: torch.Tensor, width: int, name: st
                        torch.full((full.shape[0],), width + 1, dtype=torch.long, device=full.device))
 
 
-def _position_mask(state: _PositionState, positions: str) -> torch.Tensor:
+def _position_mask(state: _PositionState, positions: Positions) -> torch.Tensor:
     """(batch, chunk, 1) mask of the current call's steered positions; padding is steered only under ``all``."""
     assert state.columns is not None and state.real is not None and state.prompt_end is not None
-    end = state.prompt_end.to(state.columns.device)[:, None]
-    if positions == "turn":
-        assert state.turn_start is not None
-        keep = (state.columns >= state.turn_start.to(state.columns.device)[:, None])
-    elif positions == "prompt":
-        keep = state.columns < end
-    elif positions == "answer":
-        keep = state.columns >= end - 1
-    else:
-        keep = state.columns == end - 1
-    return (keep & state.real)[..., None]
+    return position_mask(positions, state.columns, state.prompt_end, state.turn_start, state.real)
 
 
 class SteeringHandle:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
+
 from steerlab.errors import ConfigError
 
 Positions = Literal["last_prompt", "answer", "prompt", "turn", "all"]
@@ -32,3 +34,27 @@ def check_positions(value: str) -> Positions:
             return name
     hint = f" (now called '{_RENAMED[value]}')" if value in _RENAMED else ""
     raise ConfigError(f"unknown positions '{value}'{hint}; choose one of {', '.join(POSITIONS)}")
+
+
+def position_mask(positions: Positions, where: torch.Tensor, end: torch.Tensor, turn_start: torch.Tensor | None,
+                  real: torch.Tensor) -> torch.Tensor:
+    """(batch, chunk, 1) True where ``positions`` select a column of the current call; padding is never selected.
+
+    ``where`` (batch, chunk) places each column on a per-row axis (absolute column, or count of real tokens before
+    it) on which ``end`` (batch,) is just after the row's last prompt token and ``turn_start`` (batch,) is the first
+    token of the row's turn (needed by ``turn`` only); ``real`` (batch, chunk) is False on padding.
+    """
+    end = end.to(where.device)[:, None]
+    if positions == "turn":
+        if turn_start is None:
+            raise ConfigError("positions 'turn' need where each row's turn starts")
+        keep = where >= turn_start.to(where.device)[:, None]
+    elif positions == "prompt":
+        keep = where < end
+    elif positions == "answer":
+        keep = where >= end - 1
+    elif positions == "last_prompt":
+        keep = where == end - 1
+    else:
+        keep = torch.ones_like(where, dtype=torch.bool)
+    return (keep & real)[..., None]

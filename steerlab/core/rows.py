@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from steerlab.core.hooks import Intervention, SteeringHandle, SteeringSource, _chunk_shape, as_intervention
-from steerlab.core.positions import Positions, check_positions
+from steerlab.core.positions import Positions, check_positions, position_mask
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
@@ -93,16 +93,7 @@ class _RowPositions:
     def mask(self, positions: Positions, prompt_lengths: torch.Tensor, turn_starts: torch.Tensor) -> torch.Tensor:
         """(batch, chunk, 1) True where ``positions`` select the column in its row; padding never selected."""
         assert self.index is not None and self.real is not None
-        end = prompt_lengths.to(self.index.device)[:, None]
-        if positions == "turn":
-            keep = self.index >= turn_starts.to(self.index.device)[:, None]
-        elif positions == "prompt":
-            keep = self.index < end
-        elif positions == "answer":
-            keep = self.index >= end - 1
-        else:
-            keep = self.index == end - 1
-        return (keep & self.real)[..., None]
+        return position_mask(positions, self.index, prompt_lengths, turn_starts, self.real)
 
 
 def _check(model: nn.Module, rows: Sequence[Sequence[RowTerm]]) -> None:
