@@ -268,6 +268,20 @@ def test_an_attention_target_run_reads_and_steers_the_attention_output(
         assert letter_correctness(edited, tok, items, config, outcome) == arm
 
 
+def test_all_remaining_items_can_be_the_test_split(
+        tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
+    model, tok = tiny
+    items = toy_items()  # 40: 12 train and 6 validation leave 22
+    result = runner.run_task(model, tok, items, small_config(layers=(1,), n_test=None))
+    test_ids = result.report.chosen.seeds[0].test_ids
+    assert len(test_ids) == 22
+    splits = runner._Runner(model, tok, items, small_config(), Store(None), runner.silent).splits(0)
+    assert set(test_ids) == {i.id for i in items} - {i.id for i in [*splits.train, *splits.val]}
+    assert "all 22 test" in render_markdown(result.report.to_dict())
+    with pytest.raises(ConfigError, match="leave none for testing"):
+        runner.run_task(model, tok, items[:18], small_config(layers=(1,), n_test=None))
+
+
 def test_vectors_from_the_first_n_training_items_keep_the_splits(
         tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
     model, tok = tiny

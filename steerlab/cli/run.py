@@ -54,6 +54,15 @@ def _retain(spec: str | None) -> dict[str, Any]:
     return {"retain": task, "retain_n": count}
 
 
+def _count_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of items or 'all', got {text!r}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from steerlab.experiment.config import RunConfig
     from steerlab.experiment.report import result_table, write_report
@@ -124,7 +133,8 @@ def register(sub: Any) -> None:
                         "with its own vector, one shared strength), tested and reported beside it as <method>+layers")
     p.add_argument("--n-train", type=int, default=64, help="training items (default 64)")
     p.add_argument("--n-val", type=int, default=32, help="validation items for the sweep (default 32)")
-    p.add_argument("--n-test", type=int, default=64, help="held-out test items (default 64)")
+    p.add_argument("--n-test", type=_count_or_all, default=64,
+                   help="held-out test items (default 64), or all: every item not used for training or validation")
     p.add_argument("--seeds", type=int, default=1,
                    help="re-splits of the items; intervals bootstrap over seeds and items")
     p.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,7 @@ class RunConfig:
     # Sized so that plain `steerlab run` takes under 5 minutes on 2 CPU cores; --n-test 200 tightens the interval.
     n_train: int = 64
     n_val: int = 32
-    n_test: int = 64
+    n_test: int | None = 64  # None: every item not in the training or validation split
     seeds: int = 1
     seed: int = 0
     scoring: Literal["auto", "letters", "likelihood"] = "auto"
@@ -96,7 +96,7 @@ class RunConfig:
             raise ConfigError(f"--retain {self.retain}: retention is measured on a task the steering was not "
                               "selected on; choose another task (default mmlu)")
         for count in ("n_train", "n_val", "n_test", "seeds", "batch_size", "max_layers", "retain_n"):
-            if getattr(self, count) < 1:
+            if getattr(self, count) is not None and getattr(self, count) < 1:
                 raise ConfigError(f"{count} must be at least 1, got {getattr(self, count)}")
 
     @property

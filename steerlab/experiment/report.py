@@ -190,10 +190,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report.md."""
     config = report.get("config") or {}
     parts = [f"# steerlab report: {report.get('task')}", headline(report) + "."]
+    tested = len(_chosen(report)["per_item"][0]["ids"]) if report.get("methods") else "?"
+    n_test = config.get("n_test") if config.get("n_test") is not None else f"all {tested}"
+    target = config.get("steer_target", "residual")
     setup = [
         f"- Model: `{report.get('model')}` ({(report.get('model_identity') or {}).get('dtype')})",
         f"- Task: `{report.get('task')}`; items: {config.get('n_train')} train, {config.get('n_val')} validation, "
-        f"{config.get('n_test')} test; seeds: {config.get('seeds')} (from {config.get('seed')})",
+        f"{n_test} test; seeds: {config.get('seeds')} (from {config.get('seed')})"
+        + (f"; vectors from the first {config['vector_items']} training items" if config.get("vector_items") else "")
+        + (f"; steered at the **{target}** output of each block" if target != "residual" else ""),
         f"- Methods: {', '.join(report['methods'])}; selection: **{config.get('select')}**; the method on top has the "
         "best mean selection score",
         f"- Scoring: {report.get('scoring')}; strengths in **{report.get('unit')}** units"

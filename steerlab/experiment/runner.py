@@ -184,7 +184,11 @@ class _Runner:
     def splits(self, seed: int) -> Splits:
         shuffled = [shuffle_choices(item, seed) for item in self.items]
         c = self.config
-        return split_items(shuffled, c.n_train, c.n_val, c.n_test, seed)
+        n_test = len(shuffled) - c.n_train - c.n_val if c.n_test is None else c.n_test
+        if n_test < 1:
+            raise ConfigError(f"--n-test all: {len(shuffled)} items leave none for testing after {c.n_train} "
+                              f"training and {c.n_val} validation items")
+        return split_items(shuffled, c.n_train, c.n_val, n_test, seed)
 
     def scoring_check(self, train: Sequence[MCItem]) -> dict[str, Any]:
         """Does letter scoring follow the content? Ask each training item in two choice orders and compare."""
