@@ -123,17 +123,24 @@ def _chunk_shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, in
     return int(embeds.shape[0]), int(embeds.shape[1]), embeds.device
 
 
-def _track(state: _PositionState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Update ``state`` before a forward call of the base model."""
+def call_mask(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, int, Any]:
+    """For a forward call of the base model: which columns of the whole sequence so far (cached past and this
+    call's tokens) are real tokens, as a (batch, past + chunk) bool mask; the past's length; the KV cache."""
     batch, length, device = _chunk_shape(args, kwargs)
     # transformers 5.24 renamed the base model's ``past_key_values`` argument to ``cache``.
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     offset = int(cache.get_seq_length()) if cache is not None else 0
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (batch, offset + length):
-        full = mask.to(device=device).bool()
-    else:  # no 2-D padding mask (or a 4-D one built by the caller): every column is real
-        full = torch.ones((batch, offset + length), dtype=torch.bool, device=device)
+        return mask.to(device=device).bool(), offset, cache
+    # No 2-D padding mask (or a 4-D one built by the caller): every column is real.
+    return torch.ones((batch, offset + length), dtype=torch.bool, device=device), offset, cache
+
+
+def _track(state: _PositionState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Update ``state`` before a forward call of the base model."""
+    full, offset, cache = call_mask(args, kwargs)
+    batch, length, device = full.shape[0], full.shape[1] - offset, full.device
     state.columns = torch.arange(offset, offset + length, device=device).expand(batch, length)
     state.real = full[:, offset:]
     ids = _input_ids(args, kwargs) if cache is None else None
@@ -285,17 +292,6 @@ def apply_steering(
     return SteeringHandle(handles, sorted(by_layer))
 
 
-def steer(
-    model: nn.Module,
-    steering: Steering,
-    strength: float | None = None,
-    *,
-    layers: Iterable[int] | None = None,
-    positions: Positions | str | None = None,
-    prompt_lengths: Sequence[int] | None = None,
-    turn_starts: Sequence[int] | None = None,
-    target: Target | str | None = None,
-) -> SteeringHandle:
-    """Context-manager form of :func:`apply_steering`: the hooks are removed when the block exits, even on error."""
-    return apply_steering(model, steering, strength, layers=layers, positions=positions,
-                          prompt_lengths=prompt_lengths, turn_starts=turn_starts, target=target)
+# ``with steer(model, vector): ...`` reads better than apply_steering; the handle removes the hooks on exit, even on
+# error.
+steer = apply_steering

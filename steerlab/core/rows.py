@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from steerlab.core.hooks import Intervention, SteeringHandle, SteeringSource, _chunk_shape, as_intervention
+from steerlab.core.hooks import Intervention, SteeringHandle, SteeringSource, as_intervention, call_mask
 from steerlab.core.positions import Positions, check_positions, position_mask
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
@@ -79,14 +79,7 @@ class _RowPositions:
     real: torch.Tensor | None = None  # (batch, chunk) True where the column is not padding
 
     def update(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        batch, length, device = _chunk_shape(args, kwargs)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        offset = int(cache.get_seq_length()) if cache is not None else 0
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (batch, offset + length):
-            full = mask.to(device=device).bool()
-        else:  # no 2-D padding mask: every column is real
-            full = torch.ones((batch, offset + length), dtype=torch.bool, device=device)
+        full, offset, _ = call_mask(args, kwargs)
         self.index = (full.long().cumsum(dim=1) - 1)[:, offset:]
         self.real = full[:, offset:]
 

