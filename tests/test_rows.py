@@ -87,6 +87,21 @@ def test_mixed_rows_each_get_exactly_their_own_steering(family: str) -> None:
         assert not torch.equal(got[row], plain[row])
 
 
+def test_a_recipes_attention_target_is_steered_per_row(family: str) -> None:
+    from steerlab.core.recipe import Recipe
+
+    model = build_model(family)
+    ids, mask = _batch([5, 4])
+    attn = _vector(3, (1,)).with_recipe(Recipe((1,), 1.5, positions="answer", target="attn"))
+    assert row_term(attn).target == "attn"
+    with apply_steering(model, attn, prompt_lengths=[4, 4]):  # the recipe's target, batch-wide
+        expected = _logits(model, ids, mask)
+    with apply_row_steering(model, [[row_term(attn)], []], [4, 4]):
+        got = _logits(model, ids, mask)
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], _logits(model, ids, mask)[1])
+
+
 def test_cached_decoding_steers_the_answer_per_row() -> None:
     # Prefill then one cached step: "answer" steers the new token in every row, "prompt" in none of them.
     model = build_model("llama")

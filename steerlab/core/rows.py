@@ -37,23 +37,25 @@ from steerlab.core.hooks import Intervention, SteeringHandle, SteeringSource, as
 from steerlab.core.positions import Positions, check_positions, position_mask
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
-from steerlab.models import base_model, decoder_blocks, hidden_size, num_layers
+from steerlab.models import Target, base_model, hidden_size, num_layers, target_module
 
 
 @dataclass(frozen=True, eq=False)
 class RowTerm:
-    """One addition for one row: ``weight * source.delta`` at ``layers``, on ``positions``."""
+    """One addition for one row: ``weight * source.delta`` at ``layers``, on ``positions``, at ``target`` (the
+    block output, its attention or its MLP output)."""
 
     source: Intervention
     weight: float
     layers: frozenset[int]
     positions: Positions
+    target: Target = "residual"
 
 
 def row_term(source: SteeringSource, strength: float | None = None, *, layers: Iterable[int] | None = None,
              positions: Positions | str | None = None) -> RowTerm:
     """A term for one row, with the defaults of :func:`steerlab.steer`: a vector's recipe, else 1.0, every layer
-    the source defines, and ``"all"``."""
+    the source defines, ``"all"`` and the block output."""
     recipe = source.recipe if isinstance(source, SteeringVector) else None
     intervention = as_intervention(source)
     if strength is None:
@@ -68,7 +70,8 @@ def row_term(source: SteeringSource, strength: float | None = None, *, layers: I
         raise ConfigError(f"no steering defined at layer(s) {missing} (it has {intervention.layer_indices})")
     if not chosen:
         raise ConfigError("a steering term needs at least one layer")
-    return RowTerm(intervention, float(strength), chosen, check_positions(positions))
+    return RowTerm(intervention, float(strength), chosen, check_positions(positions),
+                   recipe.target if recipe is not None else "residual")
 
 
 @dataclass
@@ -121,15 +124,15 @@ def apply_row_steering(model: nn.Module, rows: Sequence[Sequence[RowTerm]], prom
     batch = len(rows)
     lengths = torch.tensor([int(n) for n in prompt_lengths], dtype=torch.long)
     turns = torch.tensor([int(n) for n in turn_starts or [0] * batch], dtype=torch.long)
-    # layer -> (source, positions) -> per-row weights: a source shared by rows is evaluated once per block.
-    plan: dict[int, dict[tuple[int, Positions], tuple[Intervention, list[float]]]] = {}
+    # (layer, target) -> (source, positions) -> per-row weights: a source shared by rows is evaluated once per block.
+    plan: dict[tuple[int, Target], dict[tuple[int, Positions], tuple[Intervention, list[float]]]] = {}
     for number, terms in enumerate(rows):
         for term in terms:
             if term.weight == 0.0:
                 continue
             for layer in term.layers:
                 key = (id(term.source), term.positions)
-                _, weights = plan.setdefault(layer, {}).setdefault(key, (term.source, [0.0] * batch))
+                _, weights = plan.setdefault((layer, term.target), {}).setdefault(key, (term.source, [0.0] * batch))
                 weights[number] += term.weight
     state = _RowPositions()
     handles: list[RemovableHandle] = []
@@ -140,8 +143,7 @@ def apply_row_steering(model: nn.Module, rows: Sequence[Sequence[RowTerm]], prom
 
         handles.append(base_model(model).register_forward_pre_hook(track, with_kwargs=True))
 
-    blocks = decoder_blocks(model)
-    for layer, groups in sorted(plan.items()):
+    for (layer, target), groups in sorted(plan.items()):
         parts = [(source, positions, torch.tensor(weights)) for (_, positions), (source, weights) in groups.items()]
         steered = torch.tensor([any(w[row] != 0.0 for _, _, w in parts) for row in range(batch)])
 
@@ -164,5 +166,5 @@ def apply_row_steering(model: nn.Module, rows: Sequence[Sequence[RowTerm]], prom
             return (out, *output[1:]) if isinstance(output, tuple) else out
 
         # Prepended, as in core.hooks: recorders registered earlier see the steered output the next block gets.
-        handles.append(blocks[layer].register_forward_hook(hook, prepend=True))
-    return SteeringHandle(handles, sorted(plan))
+        handles.append(target_module(model, layer, target).register_forward_hook(hook, prepend=True))
+    return SteeringHandle(handles, sorted({layer for layer, _ in plan}))

@@ -83,7 +83,8 @@ def model_card(vector: SteeringVector, repo_id: str | None = None) -> str:
     facts = [("model", model), ("task", task), ("method", method), ("layers", ", ".join(map(str, layers))),
              ("hidden size", vector.hidden_size)]
     if recipe is not None:
-        facts += [("strength", f"{recipe.strength:g} ({recipe.unit})"), ("positions", recipe.positions)]
+        facts += [("strength", f"{recipe.strength:g} ({recipe.unit})"), ("positions", recipe.positions),
+                  ("target", f"{recipe.target} output of each block")]
     effect = meta.get("effect")
     if isinstance(effect, dict):
         facts.append(("measured effect", Effect(**effect).text()))
