@@ -1,8 +1,14 @@
-"""Progress reporting without printing: library functions call a callback, the CLI draws the bar."""
+"""Progress reporting without printing: library functions call a callback, the CLI draws the bar.
+
+A phase whose name starts with :data:`OVERALL` counts the units of a whole job (``steerlab run``: seeds x methods);
+the CLI keeps it on screen above the phase bars, so a long job shows its overall count and ETA.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
+
+OVERALL = "overall"
 
 
 class Progress(Protocol):

@@ -268,6 +268,18 @@ def test_an_attention_target_run_reads_and_steers_the_attention_output(
         assert letter_correctness(edited, tok, items, config, outcome) == arm
 
 
+def test_the_overall_progress_counts_every_seed_and_method_once(
+        tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
+    model, tok = tiny
+    calls: list[tuple[int, int, str]] = []
+    runner.run_task(model, tok, toy_items(), small_config(layers=(1,), seeds=2, methods=("caa", "ipas-all")),
+                    progress=lambda done, total, what: calls.append((done, total, what)))
+    overall = [(done, total) for done, total, what in calls if what.startswith("overall")]
+    # 2 seeds x (unsteered passes + 2 methods) = 6 units, each reported once, in order.
+    assert overall == [(k, 6) for k in range(7)]
+    assert all(0 <= done <= total for done, total, _ in calls)
+
+
 def test_all_remaining_items_can_be_the_test_split(
         tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
     model, tok = tiny

@@ -41,28 +41,43 @@ def floats(text: str) -> tuple[float, ...]:
 
 
 class Bars:
-    """A tqdm bar per phase: a library ``Progress`` callback that draws on stderr."""
+    """A tqdm bar per phase: a library ``Progress`` callback that draws on stderr. Phases named ``overall...``
+    (:data:`steerlab.progress.OVERALL`) get a bar of their own that stays above the phase bars."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._bar: Any = None
         self._what = ""
+        self._overall: Any = None
 
     def __call__(self, done: int, total: int, what: str) -> None:
         if not self.enabled:
             return
         from tqdm import tqdm
 
+        from steerlab.progress import OVERALL
+
+        if what.startswith(OVERALL):
+            if self._overall is None or total != self._overall.total:
+                if self._overall is not None:
+                    self._overall.close()
+                self._overall = tqdm(total=total, desc=what, unit="unit", position=0, leave=False,
+                                     dynamic_ncols=True, file=sys.stderr)
+            self._overall.update(done - self._overall.n)
+            return
         if self._bar is None or what != self._what or total != self._bar.total:
-            self.close()
-            self._bar = tqdm(total=total, desc=what, unit="it", leave=False, dynamic_ncols=True, file=sys.stderr)
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = tqdm(total=total, desc=what, unit="it", leave=False, dynamic_ncols=True, file=sys.stderr,
+                             position=1 if self._overall is not None else 0)
             self._what = what
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        for bar in (self._bar, self._overall):
+            if bar is not None:
+                bar.close()
+        self._bar = self._overall = None
 
 
 def load_model_from_args(args: argparse.Namespace) -> Any:

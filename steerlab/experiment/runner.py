@@ -65,7 +65,7 @@ from steerlab.finetune.lora import LoraSettings
 from steerlab.methods.pas import TaskFormat, build_vector, icl_history, method_problem, scored_item
 from steerlab.models import num_layers
 from steerlab.models.identity import model_identity
-from steerlab.progress import Progress, silent
+from steerlab.progress import OVERALL, Progress, silent
 from steerlab.runtime.scoring import letter_token_ids
 from steerlab.runtime.sweep import ScoredItem, Scorer, score_push_sets, score_pushes
 from steerlab.runtime.sweep import predictions as argmax_choices
@@ -367,20 +367,29 @@ class _Runner:
             check = {"chosen": c.scoring, "reason": "set by --scoring"}
         scoring = check["chosen"]
         fmt = self.fmt(scoring)
-        rows = [self.prepare_seed(seed, fmt) for seed in seeds]
+        units = len(seeds) * (1 + len(c.methods))  # per seed: its unsteered passes, then each method
+        overall = f"{OVERALL}: {len(seeds)} seed(s) x (unsteered passes + {len(c.methods)} method(s))"
+        self.progress(0, units, overall)
+        rows = []
+        for seed in seeds:
+            rows.append(self.prepare_seed(seed, fmt))
+            self.progress(len(rows), units, overall)
         chosen: dict[str, list[_Chosen]] = {}
         skipped: dict[str, str] = {}
+        done = len(rows)
         for row in rows:
             for method in c.methods:
                 problem = method_problem(method, *self.vector_train(row))
                 if problem:
                     skipped[method] = f"seed {row.seed}: {problem}"
-                    continue
-                single = self.run_method(row, method, scoring)
-                chosen.setdefault(method, []).append(single)
-                if c.max_layers > 1:
-                    chosen.setdefault(method + LAYER_SET_SUFFIX, []).append(
-                        self.run_layer_set(row, method, single, scoring))
+                else:
+                    single = self.run_method(row, method, scoring)
+                    chosen.setdefault(method, []).append(single)
+                    if c.max_layers > 1:
+                        chosen.setdefault(method + LAYER_SET_SUFFIX, []).append(
+                            self.run_layer_set(row, method, single, scoring))
+                done += 1
+                self.progress(done, units, overall)
         ran = [m for m in c.methods if m in chosen and m not in skipped]
         grown = [m + LAYER_SET_SUFFIX for m in ran if m + LAYER_SET_SUFFIX in chosen]
         if not ran:
