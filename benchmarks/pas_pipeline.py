@@ -1,6 +1,7 @@
 """The whole ``steerlab run`` job, phase by phase, beside a plain batched forward over the same tokens.
 
-Two parts, in one run, on the embedded model:
+Two parts, in one run, on the embedded model, and with ``--reference DIR`` the PAS reference code on the
+first part's workload:
 
 1. The PAS reference's workload (``caa/survival-instinct``, ipas-wo and pas-full, letter scoring, no chat
    template, 240 / 80 / 80 items, its 10 layers x 14 strengths, absolute units) run end to end by
@@ -9,36 +10,34 @@ Two parts, in one run, on the embedded model:
    the report's timings. For the unsteered phases a plain batched forward over the same prompts (length-
    sorted batches, last-position logits only) is timed right after, so each line reads "this phase / a
    plain forward over its tokens".
+1b. Only with ``--reference DIR``, a local checkout of github.com/Sasha-Cui/Painless_Activation_Steering
+   (commit 95c0858) that the user fetched; nothing of it is copied here. Right after part 1, on part 1's
+   model object, items and splits, on CPU, the reference's own functions are timed: ``predict_mcq_letters``
+   on the training items; ``evaluate_with_steering`` unsteered on the validation and test items;
+   ``SteeringVectorBuilder.build_iBAS_wrong_only`` (ipas-wo) and ``build_BAS_full_mcq`` (pas-full) at
+   ``--reference-layers`` of the layers; ``evaluate_with_steering`` on the validation items at those layers x
+   ``--reference-strengths`` of the strengths, and on the test items at the sub-grid's best point per
+   method. The prompts are the reference's own (its ``BenchmarkLoader._format_mc_question`` on our items).
+   The vectors (mean seconds a layer x all layers) and the validation sweep (mean seconds a point x all
+   points) are scaled to the full workload; the test vectors, which the reference rebuilds, count the
+   build time measured at the chosen layer; the rest is run in full. The extrapolated total is printed
+   beside part 1's measured total, with their ratio. The modules are imported from DIR, put first on
+   ``sys.path``. Packages that ``preambles.py`` imports but the timed functions never call, where not
+   installed, are replaced by stub modules in ``sys.modules``. ``benchmark_loading_functions.py`` fails at
+   import at 95c0858 (its ``benchmark_map`` names ``PIQA``, never defined), so only its ``BenchmarkLoader``
+   class is executed, from the file's text. The output says which of these it did.
 2. The choice-likelihood sweep (``--sweep-items`` validation items, the same 10 layers x 14 strengths at
    ``+s`` and ``-s``, answer positions) beside one plain choice-likelihood pass, and its floor: the points
    times the tokens each point must recompute (the answer chunk, through the blocks above its layer), as a
    multiple of the plain pass's tokens times all blocks.
 
     . .venv/bin/activate && python benchmarks/pas_pipeline.py --threads 2
-
-1b. With ``--reference DIR`` (a local checkout of github.com/Sasha-Cui/Painless_Activation_Steering,
-   commit 95c0858, fetched by the user; nothing of it is copied here), the reference's own functions run
-   on part 1's model object, items and splits, right after part 1, on CPU: ``predict_mcq_letters`` on
-   the training items, ``evaluate_with_steering`` unsteered on the validation and test items,
-   ``SteeringVectorBuilder.build_iBAS_wrong_only`` (ipas-wo) and ``build_BAS_full_mcq`` (pas-full) at
-   ``--reference-layers`` of the layers, ``evaluate_with_steering`` on the validation items at those
-   layers x ``--reference-strengths`` of the strengths, and at the sub-grid's best point per method on
-   the test items. The prompts are the reference's own (its ``BenchmarkLoader._format_mc_question``).
-   Each timed piece is scaled to the full workload (the vectors: mean seconds per layer x all layers;
-   the sweep: mean seconds per point x all layers x strengths; the test vector rebuild: the build time
-   measured at the chosen layer), and the extrapolated total is printed beside part 1's measured total
-   and their ratio. Its modules are imported from DIR (put first on ``sys.path``); ``preambles.py``
-   imports packages the timed functions never call, and those that are not installed are replaced by
-   stub modules in ``sys.modules``; ``benchmark_loading_functions.py`` cannot be imported as it is (its
-   ``benchmark_map`` names an undefined ``PIQA``), so only its ``BenchmarkLoader`` class is executed,
-   from the file's text. The output says which of these it did.
-
     . .venv/bin/activate && python benchmarks/pas_pipeline.py --threads 2 \
         --reference ~/Painless_Activation_Steering
 
-``--quick`` shrinks every part (for a smoke run; the reference's sub-grid defaults to 1 layer x 1
-strength there). ``peer-measurements.md`` in the research notes has the reference's cost on this
-workload as measured end to end earlier."""
+``--quick`` shrinks every part, for a smoke run (the reference's sub-grid defaults to 1 layer x 1 strength
+there). ``peer-measurements.md`` in the research notes has the reference's cost on this workload as
+measured end to end earlier."""
 
 from __future__ import annotations
 
@@ -230,6 +229,7 @@ class ReferenceResult:
     rows: list[list[str]]
     timed: float  # seconds its timed calls took
     total: float  # extrapolated to the full workload
+    per_item: float  # seconds of one unsteered letter prediction (its training-item predictions)
     lines: list[str]
 
 
@@ -314,14 +314,12 @@ def reference_part(ref: Reference, model: torch.nn.Module, tok: object, config: 
     lines = [f"sub-grid: layers {list(layers)} x strengths {list(strengths)}; the first maximum of "
              "validation accuracy per method goes to the test items",
              f"its accuracies: unsteered val {val_acc:.1%}, test {test_acc:.1%}; sub-grid picks: {picks}",
-             f"one forward an item, batch 1: {t_train.wall / len(train) * 1000:.0f} ms an item on the "
-             "training items",
              "Scaled: the vectors (mean seconds a layer x all layers) and the validation sweep (mean seconds "
              "a point x all points). Every forward of the reference runs all blocks whatever layer it reads "
              "or steers, so a layer's or a point's cost does not depend on which it is. The test vectors, "
              "which the reference rebuilds, are counted at the build time measured at the chosen layer. "
              "Everything else was run in full."]
-    return ReferenceResult(rows, timed_total, full, lines)
+    return ReferenceResult(rows, timed_total, full, t_train.wall / len(train), lines)
 
 
 def likelihood_sweep(model: torch.nn.Module, tok: object, n_items: int, layers: tuple[int, ...],
@@ -410,6 +408,10 @@ def main() -> None:
               f"negation, the controls ({controls:.1f} s) and the positions search")
         print(f"  reference / steerlab: {ref.total / part1.total:.1f}x; against steerlab without its "
               f"controls phase ({part1.total - controls:.1f} s): {ref.total / (part1.total - controls):.1f}x")
+        ours = part1.timings["baseline"] / (len(part1.splits.train) + len(part1.splits.test))
+        print(f"  one unsteered letter prediction: reference {ref.per_item * 1000:.0f} ms an item (one full "
+              f"forward at batch 1, training items), steerlab {ours * 1000:.0f} ms an item (its baseline "
+              "phase, training and test items)")
         print(load_line("after it", args.threads), flush=True)
     print(f"\n2. Choice-likelihood sweep on {n_sweep} validation items, answer positions", flush=True)
     rows, ratio = likelihood_sweep(model, tok, n_sweep, layers, strengths)
