@@ -27,7 +27,7 @@ from steerlab.conditional.rules import NAME, Rule, check_rule, parse_rule
 from steerlab.conditional.scores import Score, check_score, score
 from steerlab.conditional.search import Comparator, Metrics, Rate, check_comparator, fires
 from steerlab.core.positions import check_positions
-from steerlab.core.vector import SteeringVector, read_steering_file, write_steering_file
+from steerlab.core.vector import SteeringVector, read_steering_kind, write_steering_file
 from steerlab.errors import ConfigError, VectorFileError
 
 PROGRAM_KIND = "conditional"
@@ -209,9 +209,7 @@ class ConditionalProgram:
 
     @classmethod
     def load(cls, path: str | Path) -> ConditionalProgram:
-        kind, tensors, metadata = read_steering_file(path)
-        if kind != PROGRAM_KIND:
-            raise VectorFileError(f"{path}: holds a steerlab {kind!r}, not a conditional program")
+        tensors, metadata = read_steering_kind(path, PROGRAM_KIND, "a conditional program")
         try:
             conditions = [Condition(str(c["name"]), _layers(tensors, f"condition.{c['name']}", c["layers"]),
                                     c["score"], float(c["threshold"]), c["comparator"],

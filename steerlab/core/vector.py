@@ -148,6 +148,14 @@ def read_steering_file(path: str | Path) -> tuple[str, dict[str, torch.Tensor], 
     return kind, tensors, metadata
 
 
+def read_steering_kind(path: str | Path, kind: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, metadata)`` of a steerlab file that must hold a ``kind`` (``what`` names it in the error)."""
+    found, tensors, metadata = read_steering_file(path)
+    if found != kind:
+        raise VectorFileError(f"{path}: holds a steerlab {found!r}, not {what}")
+    return tensors, metadata
+
+
 def _check_header(path: Path, header: dict[str, str]) -> tuple[str, dict[str, Any]]:
     if "format" not in header:
         raise VectorFileError(
@@ -338,9 +346,7 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
-        kind, tensors, metadata = read_steering_file(path)
-        if kind != VECTOR_KIND:
-            raise VectorFileError(f"{path}: holds a steerlab {kind!r}, not a steering vector")
+        tensors, metadata = read_steering_kind(path, VECTOR_KIND, "a steering vector")
         metadata.pop("kind", None)
         hidden = metadata.get("hidden_size")
         if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from steerlab.core.hooks import steer
-from steerlab.core.vector import read_steering_file, write_steering_file
+from steerlab.core.vector import read_steering_kind, write_steering_file
 from steerlab.errors import ConfigError, VectorFileError
 from steerlab.models import hidden_size, model_name, num_layers
 from steerlab.progress import Progress, silent
@@ -135,9 +135,7 @@ class PSRModel:
     @classmethod
     def load(cls, path: str | Path) -> PSRModel:
         """Read a ``psr`` file of any PSR kind."""
-        kind, tensors, metadata = read_steering_file(path)
-        if kind != PSR_KIND:
-            raise VectorFileError(f"{path}: holds a steerlab {kind!r}, not a PSR model")
+        tensors, metadata = read_steering_kind(path, PSR_KIND, "a PSR model")
         psr_kind = metadata.get("psr_kind")
         layers = metadata.get("layers")
         if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
