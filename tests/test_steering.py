@@ -455,9 +455,21 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(family: str,
     batched = run(prompts)
     single = [run([p])[0] for p in prompts]
     assert batched == single
+    assert generate(model, tokenizer, prompts, max_new_tokens=6, style=style, steering=vector, strength=1.0,
+                    positions=positions, batch_size=2) == batched  # two batches: 2 prompts, then 1
     plain = generate(model, tokenizer, prompts, max_new_tokens=6, style=style)
     assert batched != plain
     assert hooks(model) == before
+
+
+def test_generate_passes_its_extra_arguments_to_the_models_generate(llama: tf.PreTrainedModel) -> None:
+    tokenizer, style = build_tokenizer(), PromptStyle(chat=False)
+    plain = generate(llama, tokenizer, ["w3 w9 w4"], max_new_tokens=4, style=style)[0]
+    first = tokenizer(plain.split()[0], add_special_tokens=False)["input_ids"]
+    banned = generate(llama, tokenizer, ["w3 w9 w4"], max_new_tokens=4, style=style, bad_words_ids=[first])[0]
+    assert plain.split()[0] not in banned.split()
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        generate(llama, tokenizer, ["w3"], batch_size=0)
 
 
 # Bad input
