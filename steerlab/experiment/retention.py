@@ -112,7 +112,7 @@ def coherence_scores(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vecto
     unsteered and steered (nats per token), and the answer's length. The answer is the unsteered greedy one."""
     assert vector.recipe is not None
     style, templated = fmt.style, fmt.style.templated(tokenizer)
-    answers = generate(model, tokenizer, prompts, max_new_tokens=answer_tokens, style=style)
+    answers = generate(model, tokenizer, prompts, max_new_tokens=answer_tokens, style=style, batch_size=batch_size)
     rows, starts, turns = [], [], []
     for prompt, answer in zip(prompts, answers, strict=True):
         head = style.render(tokenizer, prompt)
