@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,8 @@ def main() -> int:
     results = []
     for task in (t.strip() for t in args.tasks.split(",")):
         base = RunConfig(task=task, n_train=sizes[-1], seeds=args.seeds)
-        configs = {f"target {t}": RunConfig(**{**base.__dict__, "steer_target": t}) for t in targets}
-        configs |= {f"{n} items": RunConfig(**{**base.__dict__, "vector_items": n}) for n in sizes[:-1]}
+        configs = {f"target {t}": replace(base, steer_target=t) for t in targets}
+        configs |= {f"{n} items": replace(base, vector_items=n) for n in sizes[:-1]}
         for label, config in configs.items():
             results.append(run_one(model, tok, task, config, Path(args.runs), label))
             with atomic_output(out) as tmp:  # after every run, so a stopped benchmark keeps what it measured

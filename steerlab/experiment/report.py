@@ -190,8 +190,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report.md."""
     config = report.get("config") or {}
     parts = [f"# steerlab report: {report.get('task')}", headline(report) + "."]
-    tested = len(_chosen(report)["per_item"][0]["ids"]) if report.get("methods") else "?"
-    n_test = config.get("n_test") if config.get("n_test") is not None else f"all {tested}"
+    n_test = config.get("n_test")
+    if n_test is None:  # --n-test all: the count is the test split's
+        n_test = f"all {len(_chosen(report)['per_item'][0]['ids'])}"
     target = config.get("steer_target", "residual")
     setup = [
         f"- Model: `{report.get('model')}` ({(report.get('model_identity') or {}).get('dtype')})",
