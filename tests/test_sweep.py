@@ -13,6 +13,8 @@ from conftest import DEPTH, HIDDEN, PARTS, build_model, random_ids
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import ConfigError
 from steerlab.models import decoder_blocks
+from steerlab.runtime import sweep
+from steerlab.runtime.replay import block_diagonal
 from steerlab.runtime.sweep import ScoredItem, Scorer, predictions, score_grid, score_push_sets, score_pushes
 
 LAYERS = list(range(DEPTH))
@@ -24,6 +26,22 @@ CHOICES = [
     [random_ids(3, 6), random_ids(1, 7)],
     [random_ids(1, 8), random_ids(4, 9)],
 ]
+
+
+@pytest.fixture(autouse=True, params=["stacked", "side by side", "pairs side by side"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the pushes' copies stacked in the batch; all side by side in one row wherever the model
+    allows; and side by side in pairs, the pairs stacked (where the copies are more than 2 and even)."""
+    monkeypatch.setattr(sweep, "SIDE_BY_SIDE_LENGTH", -1.0 if request.param == "stacked" else float("inf"))
+    if request.param == "pairs side by side":
+        every = sweep.copies_side_by_side
+
+        def pairs(*args: object) -> int:
+            side = every(*args)  # type: ignore[arg-type]
+            return 2 if side > 2 and side % 2 == 0 else side
+
+        monkeypatch.setattr(sweep, "copies_side_by_side", pairs)
+    return str(request.param)
 
 
 def vector() -> SteeringVector:
@@ -171,7 +189,7 @@ def test_random_rows_in_one_replay_equal_separate_hooked_passes(family: str) -> 
     # separate full forward with a hook adding that row.
     model, v = build_model(family), vector()
     g = torch.Generator().manual_seed(3)
-    rows = torch.cat([v.layers[1][None], -v.layers[1][None], torch.randn(5, HIDDEN, generator=g)])
+    rows = torch.cat([v.layers[1][None], -v.layers[1][None], torch.randn(6, HIDDEN, generator=g)])
     items = [ScoredItem(tuple(q[:-1]), tuple((q[-1], *c) for c in cs)) for q, cs in zip(QUESTIONS, CHOICES,
                                                                                            strict=True)]
     result = score_pushes(model, items, Scorer(), {1: rows}, batch_size=2)
@@ -217,3 +235,38 @@ def test_attention_and_mlp_targets_equal_hooks_on_those_modules(family: str, tar
         for k, scores in enumerate(result.steered[key]):
             assert_grid(scores, choice_scores(model, "answer", key[0], group[key[0]][k],
                                               {layer: group[layer][k] for layer in key[1:]}, part))
+
+
+def test_block_diagonal_mask_against_a_direct_construction() -> None:
+    past, width, copies = 3, 2, 3
+    g = torch.Generator().manual_seed(0)
+    recorded = torch.rand((2, 1, width, past + width), generator=g) > 0.3
+    got = block_diagonal(recorded, copies, past)
+    assert got.shape == (2, 1, copies * width, past + copies * width)
+    for q in range(copies * width):
+        k, i = divmod(q, width)  # copy k, its token i
+        for key in range(past + copies * width):
+            if key < past:
+                want = bool(recorded[1, 0, i, key])
+            elif (key - past) // width == k:
+                want = bool(recorded[1, 0, i, past + (key - past) % width])
+            else:
+                want = False
+            assert bool(got[1, 0, q, key]) == want
+    additive = torch.where(recorded, 0.0, torch.finfo(torch.float32).min)
+    assert torch.equal(block_diagonal(additive, copies, past) == 0, got)
+
+
+def test_side_by_side_replays_each_row_once_with_the_copies_in_its_sequence(layout: str) -> None:
+    model, v = build_model("llama"), vector()
+    items = [ScoredItem(tuple(q[:-1]), ((q[-1],),)) for q in QUESTIONS]
+    shapes: list[tuple[int, ...]] = []
+    handle = decoder_blocks(model)[DEPTH - 1].register_forward_pre_hook(
+        lambda _m, args: shapes.append(tuple(args[0].shape)))
+    try:
+        score_grid(model, items, Scorer(letter_ids=LETTER_IDS), v, [0], [-2.0, 1.5, 0.5, 3.0], batch_size=3)
+    finally:
+        handle.remove()
+    unsteered, replayed = shapes[-2:]  # the pass over the last tokens (after their prompts'), the replay
+    assert unsteered[:2] == (3, 1)
+    assert replayed[:2] == {"stacked": (12, 1), "side by side": (3, 4), "pairs side by side": (6, 2)}[layout]

@@ -9,6 +9,14 @@ block L (its attention or MLP output) starts from block L's recorded input inste
 
 Architecture-independent: the recorded arguments are replayed as the model itself passed them, so per-layer masks
 (sliding windows) and per-layer rotary tables come along.
+
+Two layouts for the strengths of one replay, and mixes of them. Stacked: the batch holds each row ``repeat`` times,
+and so must the cache, which every block then concatenates with the new keys: ``repeat`` copies of the whole prompt,
+per block. Side by side: a row holds ``side`` copies of the chunk one after the other in the sequence, under a
+block-diagonal mask (each copy sees the cached prompt and itself, with its own positions), so the cache is repeated
+only ``repeat / side`` times. Side by side pays while the copies together are short next to the cached prompt (a
+steered last token, under letter scoring, puts every strength in one row), since the masked-out blocks of its
+attention grow with the square of their length.
 """
 
 from __future__ import annotations
@@ -41,6 +49,68 @@ def _expand(value: Any, batch: int, repeat: int, cache: Cache | None) -> Any:
     if isinstance(value, dict):
         return {k: _expand(v, batch, repeat, cache) for k, v in value.items()}
     return value
+
+
+def _side_by_side(value: Any, width: int, copies: int, past: int, cache: Cache | None) -> Any:
+    """A block argument recorded for a chunk of ``width`` tokens after ``past`` cached ones, made for ``copies``
+    copies of the chunk side by side in the sequence: masks become block-diagonal, per-token tensors (positions,
+    rotary tables) repeat along the sequence, ``cache`` replaces the model's cache."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim == 4 and value.shape[-2:] == (width, past + width):
+            return block_diagonal(value, copies, past)
+        if value.ndim >= 2 and value.shape[1] == width:
+            return value.repeat(1, copies, *(1,) * (value.ndim - 2))
+        if value.ndim == 1 and value.shape[0] == width:
+            return value.repeat(copies)
+        return value
+    if isinstance(value, Cache):
+        return cache
+    if isinstance(value, tuple):
+        return tuple(_side_by_side(v, width, copies, past, cache) for v in value)
+    if isinstance(value, list):
+        return [_side_by_side(v, width, copies, past, cache) for v in value]
+    if isinstance(value, dict):
+        return {k: _side_by_side(v, width, copies, past, cache) for k, v in value.items()}
+    return value
+
+
+def block_diagonal(mask: torch.Tensor, copies: int, past: int) -> torch.Tensor:
+    """A (batch, heads, width, past + width) attention mask (boolean, or additive with 0 where attended) for
+    ``copies`` copies of the chunk one after another: each sees the past as before and, of the chunk, only its own
+    copy."""
+    width = mask.shape[-2]
+    hidden: bool | float = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    out = mask.new_full((*mask.shape[:2], copies * width, past + copies * width), hidden)
+    for k in range(copies):
+        rows = slice(k * width, (k + 1) * width)
+        out[:, :, rows, :past] = mask[..., :past]
+        out[:, :, rows, past + k * width:past + (k + 1) * width] = mask[..., past:]
+    return out
+
+
+def masks_recorded(recording: Recording, layer: int, width: int, past: int) -> bool:
+    """Whether every block above ``layer`` was given an explicit (.., width, past + width) attention mask, which
+    the side-by-side layout needs (a block that built its own causal mask would let the copies see each other)."""
+    def has_mask(value: Any) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.ndim == 4 and value.shape[-2:] == (width, past + width)
+        if isinstance(value, (tuple, list)):
+            return any(map(has_mask, value))
+        if isinstance(value, dict):
+            return any(map(has_mask, value.values()))
+        return False
+
+    return all(has_mask(recording.inputs[k]) for k in range(layer + 1, len(recording.inputs)))
+
+
+def stacked_to_side_by_side(hidden: torch.Tensor, side: int) -> torch.Tensor:
+    """(rows, width, ...), each ``side`` consecutive rows copies of one chunk -> (rows / side, side * width, ...)."""
+    return hidden.reshape(hidden.shape[0] // side, side * hidden.shape[1], *hidden.shape[2:])
+
+
+def side_by_side_to_stacked(hidden: torch.Tensor, side: int) -> torch.Tensor:
+    """The inverse of :func:`stacked_to_side_by_side`."""
+    return hidden.reshape(hidden.shape[0] * side, hidden.shape[1] // side, *hidden.shape[2:])
 
 
 @dataclass
@@ -118,6 +188,8 @@ def run_above(
     repeat: int,
     cache: Cache | None,
     additions: Mapping[int, torch.Tensor] | None = None,
+    side: int = 1,
+    past: int = 0,
 ) -> torch.Tensor:
     """Blocks ``layer + 1 ..`` applied to ``hidden``, the (batch * repeat, seq, hidden) output of block ``layer``
     (``layer = -1``: every block, from the embeddings).
@@ -128,14 +200,23 @@ def run_above(
     ``cache`` must hold, for every block above ``layer``, the same past as the recorded pass had, with rows repeated
     ``repeat`` times (see :func:`expanded_cache`); the blocks above ``layer`` append to their cache layers, so the
     caller crops those before the next replay.
+
+    With ``side`` > 1 (a divisor of ``repeat``) ``hidden`` and ``additions`` come with ``side`` copies of each
+    chunk side by side, (batch * repeat / side, side * seq, hidden), after ``past`` cached tokens, and ``cache`` holds
+    each row ``repeat / side`` times; the result is laid out the same way.
     """
     blocks = decoder_blocks(model)
-    batch = hidden.shape[0] // repeat
+    batch = hidden.shape[0] * side // repeat
+
+    def adapt(value: Any) -> Any:
+        stacked = _expand(value, batch, repeat // side, cache)
+        return stacked if side == 1 else _side_by_side(stacked, hidden.shape[1] // side, side, past, cache)
+
     for index in range(layer + 1, len(blocks)):
         args, kwargs = recording.inputs[index]
-        kwargs = _expand(kwargs, batch, repeat, cache)
+        kwargs = adapt(kwargs)
         if args:
-            out = blocks[index](hidden, *_expand(args[1:], batch, repeat, cache), **kwargs)
+            out = blocks[index](hidden, *adapt(args[1:]), **kwargs)
         else:
             out = blocks[index](**{**kwargs, "hidden_states": hidden})
         hidden = out[0] if isinstance(out, tuple) else out

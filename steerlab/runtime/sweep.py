@@ -30,9 +30,22 @@ from steerlab.errors import ConfigError
 from steerlab.models import Target, base_model, cache_kwarg, check_target, final_logits, num_layers
 from steerlab.progress import Progress, silent
 from steerlab.runtime import batching
-from steerlab.runtime.replay import adding, block_input, expanded_cache, record, run_above
+from steerlab.runtime.replay import (
+    Recording,
+    adding,
+    block_input,
+    expanded_cache,
+    masks_recorded,
+    record,
+    run_above,
+    side_by_side_to_stacked,
+    stacked_to_side_by_side,
+)
 
 SHARED_MIN_TOKENS = 32  # a common prefix at least this long is computed once for all items
+# Copies of a chunk go side by side when together at most this many times as long as the cached prompt: beyond, the
+# masked-out part of their attention costs more than the repeated cache it saves.
+SIDE_BY_SIDE_LENGTH = 1.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,19 @@ def _on_steered(additions: torch.Tensor, steered: torch.Tensor, like: torch.Tens
     return add.reshape(like.shape[0] * repeat, *like.shape[1:])
 
 
+def copies_side_by_side(cache: Cache, recording: Recording, layer: int, repeat: int, width: int, past: int) -> int:
+    """How many of a replay's ``repeat`` copies of each chunk run side by side (see :mod:`steerlab.runtime.replay`):
+    the most that divide ``repeat`` and are together no longer than ``SIDE_BY_SIDE_LENGTH`` times the cached prompt,
+    which every block would otherwise concatenate once per copy; 1 where the model does not allow it (a
+    sliding-window cache, blocks that build their own masks)."""
+    fits = [side for side in range(2, repeat + 1)
+            if repeat % side == 0 and side * width <= SIDE_BY_SIDE_LENGTH * past]
+    if (not fits or any(getattr(above, "is_sliding", False) for above in cache.layers)
+            or not masks_recorded(recording, layer, width, past)):
+        return 1
+    return max(fits)
+
+
 @torch.no_grad()
 def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
            sets: Mapping[LayerSet, Mapping[int, torch.Tensor]], pad: int, shared: _Shared,
@@ -222,34 +248,46 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
     baseline = _group(_scores(model, recording.outputs[last], rows, starts, scorer), counts, scorer.letters)
     steered_scores: dict[LayerSet, list[list[list[float]]]] = {}
     replay_caches: dict[int, Cache | None] = {}
+    past = prefix_mask.shape[1]
     for key, group in sets.items():
         lowest = min(group)
         repeat = int(group[lowest].shape[0])
-        if repeat not in replay_caches:
-            replay_caches[repeat] = expanded_cache(pristine, repeat) if pristine is not None else None
-        replay_cache = replay_caches[repeat]
+        first = lowest + 1 if target == "residual" else lowest  # the first block replayed
+        side = 1 if pristine is None else copies_side_by_side(pristine, recording, first - 1, repeat, width, past)
+        stacks = repeat // side
+        if stacks == 1:
+            replay_cache = pristine  # each row once: the replay only appends the copies, cropped off below
+        else:
+            if stacks not in replay_caches:
+                replay_caches[stacks] = expanded_cache(pristine, stacks) if pristine is not None else None
+            replay_cache = replay_caches[stacks]
         # A sliding-window cache layer cannot be cropped once its window is full: such layers are copied back.
         template = {k: copy.deepcopy(above) for k, above in enumerate(replay_cache.layers)
                     if getattr(above, "is_sliding", False)} if replay_cache is not None else {}
         out = recording.outputs[lowest]
+
+        def laid_out(stacked: torch.Tensor, side: int = side) -> torch.Tensor:
+            return stacked_to_side_by_side(stacked, side)
+
         if target == "residual":
-            first = lowest + 1  # the first block replayed
-            hidden = out.repeat_interleave(repeat, dim=0) + _on_steered(group[lowest], steered, out)
-            above = {layer: _on_steered(t, steered, out) for layer, t in group.items() if layer != lowest}
+            hidden = laid_out(out.repeat_interleave(repeat, dim=0) + _on_steered(group[lowest], steered, out))
+            above = {layer: laid_out(_on_steered(t, steered, out)) for layer, t in group.items() if layer != lowest}
             final = hidden if lowest == last else run_above(model, recording, lowest, hidden, repeat=repeat,
-                                                            cache=replay_cache, additions=above)
+                                                            cache=replay_cache, additions=above, side=side,
+                                                            past=past)
         else:  # the push enters inside block `lowest`: replay it too, from its recorded input
-            first = lowest
-            with adding(model, target, {layer: _on_steered(t, steered, out) for layer, t in group.items()}):
+            pushes = {layer: laid_out(_on_steered(t, steered, out)) for layer, t in group.items()}
+            with adding(model, target, pushes):
                 final = run_above(model, recording, lowest - 1,
-                                  block_input(recording, lowest).repeat_interleave(repeat, dim=0), repeat=repeat,
-                                  cache=replay_cache)
+                                  laid_out(block_input(recording, lowest).repeat_interleave(repeat, dim=0)),
+                                  repeat=repeat, cache=replay_cache, side=side, past=past)
+        final = side_by_side_to_stacked(final, side)
         if replay_cache is not None:
             for k in range(first, len(replay_cache.layers)):
                 if k in template:
                     replay_cache.layers[k] = copy.deepcopy(template[k])
                 else:  # drop the replayed chunk, keep the shared prefix
-                    cast(DynamicLayer, replay_cache.layers[k]).crop(-width)
+                    cast(DynamicLayer, replay_cache.layers[k]).crop(-width * side)
         flat = _scores(model, final, [r for r in rows for _ in range(repeat)],
                        [s for s in starts for _ in range(repeat)], scorer)
         steered_scores[key] = [_group(flat[k::repeat], counts, scorer.letters) for k in range(repeat)]
