@@ -6,7 +6,10 @@ first part's workload:
 1. The PAS reference's workload (``caa/survival-instinct``, ipas-wo and pas-full, letter scoring, no chat
    template, 240 / 80 / 80 items, its 10 layers x 14 strengths, absolute units) run end to end by
    ``run_task`` with every control (each strength's negation in the sweep, 16 random directions and the
-   negation at test, ICL, ICL + steering) and the default positions search. Each phase's seconds come from
+   negation at test, ICL, ICL + steering), steering the last prompt token as the reference does (``--positions
+   search`` adds steerlab's default search of answer and turn positions at the chosen layer; without a chat
+   template the turn is the whole prompt, so that search replays every prompt token above the layer for every
+   strength, and costs about twice the grid). Each phase's seconds come from
    the report's timings. For the unsteered phases a plain batched forward over the same prompts (length-
    sorted batches, last-position logits only) is timed right after, so each line reads "this phase / a
    plain forward over its tokens".
@@ -325,7 +328,7 @@ def reference_part(ref: Reference, model: torch.nn.Module, tok: object, config: 
 
 
 def likelihood_sweep(model: torch.nn.Module, tok: object, n_items: int, layers: tuple[int, ...],
-                     strengths: tuple[float, ...]) -> tuple[list[list[str]], float]:
+                     strengths: tuple[float, ...]) -> tuple[list[list[str]], float, float]:
     items = [shuffle_choices(i, 0) for i in load_task(TASK)]
     train, val = items[:64], items[-n_items:]
     fmt = TaskFormat("likelihood", PromptStyle(), positions="answer")
@@ -369,41 +372,14 @@ def head_in_blocks(model: torch.nn.Module) -> float:
     return float(model.get_output_embeddings().weight.numel()) / per_block
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sweep-items", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--reference", type=Path, metavar="DIR",
-                        help="a local checkout of github.com/Sasha-Cui/Painless_Activation_Steering "
-                             "(95c0858): time its own functions on part 1's workload (part 1b)")
-    parser.add_argument("--reference-layers", type=int, metavar="N",
-                        help="layers the reference is timed at (default 2; 1 with --quick)")
-    parser.add_argument("--reference-strengths", type=int, metavar="N",
-                        help="strengths the reference is timed at (default 2; 1 with --quick)")
-    args = parser.parse_args()
-    default_sub = 1 if args.quick else 2
-    ref_layers = args.reference_layers if args.reference_layers is not None else default_sub
-    ref_strengths = args.reference_strengths if args.reference_strengths is not None else default_sub
-    if min(ref_layers, ref_strengths) < 1:
-        parser.error("--reference-layers and --reference-strengths must be at least 1")
-    setup(args.threads)
-    # Imported first, so that a wrong DIR fails before part 1's minutes.
-    reference = import_reference(args.reference.expanduser()) if args.reference is not None else None
-    print(load_line("at start", args.threads), flush=True)
-    model, tok = load_model()
-    config = RunConfig(task=TASK, methods=("ipas-wo", "pas-full"), layers=LAYERS, strengths=STRENGTHS,
-                       unit="absolute", scoring="letters", chat=False, n_train=240, n_val=80, n_test=80)
-    layers, strengths, n_sweep = LAYERS, STRENGTHS, args.sweep_items
-    if args.quick:
-        config = dataclasses.replace(config, layers=LAYERS[:2], strengths=STRENGTHS[:2], n_train=48, n_val=16,
-                                     n_test=16, random_directions=4)
-        layers, strengths, n_sweep = LAYERS[:2], STRENGTHS[:2], 16
+def workload(args: argparse.Namespace, model: torch.nn.Module, tok: object, config: RunConfig,
+             reference: Reference | None, ref_layers: int, ref_strengths: int) -> None:
+    """Part 1, and 1b with a reference checkout: the PAS reference's workload, printed phase by phase."""
     sizes = f"{config.n_train}/{config.n_val}/{config.n_test} items"
     grid = f"{len(config.layers or ())} layers x {len(config.strength_grid)} strengths"
     methods = ", ".join(config.methods)
-    print(f"1. {TASK}, methods {methods}, {sizes}, {grid}, letters, no chat template", flush=True)
+    print(f"1. {TASK}, methods {methods}, {sizes}, {grid}, letters, no chat template, positions "
+          f"{args.positions}", flush=True)
     part1 = pipeline(model, tok, config)
     print(table(["phase", "seconds", "tokens", "tokens/s", "plain forward s", "x plain"], part1.rows),
           flush=True)
@@ -422,7 +398,7 @@ def main() -> None:
         print(f"\nThe full workload ({sizes}, {grid}, {methods}):")
         print(f"  PAS reference, extrapolated from {ref.timed:.1f} s timed: {ref.total:.1f} s")
         print(f"  steerlab run_task, measured in part 1: {part1.total:.1f} s; it also runs each strength's "
-              f"negation, the controls ({controls:.1f} s) and the positions search")
+              f"negation and the controls ({controls:.1f} s)")
         print(f"  reference / steerlab: {ref.total / part1.total:.1f}x; against steerlab without its "
               f"controls phase ({part1.total - controls:.1f} s): {ref.total / (part1.total - controls):.1f}x")
         ours = part1.timings["baseline"] / (len(part1.splits.train) + len(part1.splits.test))
@@ -430,6 +406,52 @@ def main() -> None:
               f"forward at batch 1, training items), steerlab {ours * 1000:.0f} ms an item (its baseline "
               "phase, training and test items)")
         print(load_line("after it", args.threads), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sweep-items", type=int, default=200, help="0: skip part 2")
+    parser.add_argument("--skip-workload", action="store_true", help="skip part 1 (and 1b)")
+    parser.add_argument("--positions", default="last_prompt",
+                        help="steered positions searched in part 1: comma-separated, or 'search' for "
+                             "steerlab run's default (last_prompt, answer, turn); default: the reference's, "
+                             "last_prompt")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help="a local checkout of github.com/Sasha-Cui/Painless_Activation_Steering "
+                             "(95c0858): time its own functions on part 1's workload (part 1b)")
+    parser.add_argument("--reference-layers", type=int, metavar="N",
+                        help="layers the reference is timed at (default 2; 1 with --quick)")
+    parser.add_argument("--reference-strengths", type=int, metavar="N",
+                        help="strengths the reference is timed at (default 2; 1 with --quick)")
+    args = parser.parse_args()
+    default_sub = 1 if args.quick else 2
+    ref_layers = args.reference_layers if args.reference_layers is not None else default_sub
+    ref_strengths = args.reference_strengths if args.reference_strengths is not None else default_sub
+    if min(ref_layers, ref_strengths) < 1:
+        parser.error("--reference-layers and --reference-strengths must be at least 1")
+    if args.skip_workload and args.reference is not None:
+        parser.error("--reference times the reference on part 1's workload: leave out --skip-workload")
+    setup(args.threads)
+    # Imported first, so that a wrong DIR fails before part 1's minutes.
+    reference = import_reference(args.reference.expanduser()) if args.reference is not None else None
+    print(load_line("at start", args.threads), flush=True)
+    model, tok = load_model()
+    config = RunConfig(task=TASK, methods=("ipas-wo", "pas-full"), layers=LAYERS, strengths=STRENGTHS,
+                       unit="absolute", scoring="letters", chat=False, n_train=240, n_val=80, n_test=80,
+                       positions=None if args.positions == "search" else tuple(args.positions.split(",")))
+    layers, strengths, n_sweep = LAYERS, STRENGTHS, args.sweep_items
+    if args.quick:
+        config = dataclasses.replace(config, layers=LAYERS[:2], strengths=STRENGTHS[:2], n_train=48, n_val=16,
+                                     n_test=16, random_directions=4)
+        layers, strengths, n_sweep = LAYERS[:2], STRENGTHS[:2], 16
+    if not args.skip_workload:
+        workload(args, model, tok, config, reference, ref_layers, ref_strengths)
+    if n_sweep == 0:
+        print(load_line("at end", args.threads))
+        return
     print(f"\n2. Choice-likelihood sweep on {n_sweep} validation items, answer positions", flush=True)
     rows, ratio, ratio_head = likelihood_sweep(model, tok, n_sweep, layers, strengths)
     print(table(["what", "seconds", "x plain pass", "x floor (blocks)", "x floor (blocks + head)"], rows))
