@@ -28,20 +28,24 @@ CHOICES = [
 ]
 
 
-@pytest.fixture(autouse=True, params=["stacked", "side by side", "pairs side by side"])
+@pytest.fixture(autouse=True, params=["stacked", "side by side"])
 def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with the pushes' copies stacked in the batch; all side by side in one row wherever the model
-    allows; and side by side in pairs, the pairs stacked (where the copies are more than 2 and even)."""
+    """Every test runs with the pushes' copies stacked in the batch, and all side by side in one row wherever the
+    model allows."""
     monkeypatch.setattr(sweep, "SIDE_BY_SIDE_LENGTH", -1.0 if request.param == "stacked" else float("inf"))
-    if request.param == "pairs side by side":
-        every = sweep.copies_side_by_side
-
-        def pairs(*args: object) -> int:
-            side = every(*args)  # type: ignore[arg-type]
-            return 2 if side > 2 and side % 2 == 0 else side
-
-        monkeypatch.setattr(sweep, "copies_side_by_side", pairs)
     return str(request.param)
+
+
+def in_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies side by side in pairs, the pairs stacked (where the copies would all go side by side, are more than 2
+    and even)."""
+    every = sweep.copies_side_by_side
+
+    def pairs(*args: object) -> int:
+        side = every(*args)  # type: ignore[arg-type]
+        return 2 if side > 2 and side % 2 == 0 else side
+
+    monkeypatch.setattr(sweep, "copies_side_by_side", pairs)
 
 
 def vector() -> SteeringVector:
@@ -184,9 +188,15 @@ def test_last_prompt_and_prompt_steering_in_the_choice_grid(family: str) -> None
             assert_grid(scores, choice_scores(model, where, layer, strength * v.layers[layer]))
 
 
-def test_random_rows_in_one_replay_equal_separate_hooked_passes(family: str) -> None:
+@pytest.mark.parametrize("pairs", [False, True])
+def test_random_rows_in_one_replay_equal_separate_hooked_passes(family: str, pairs: bool, layout: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # The controls of steerlab run: +v, -v and K random directions as rows of one replay batch, each equal to a
     # separate full forward with a hook adding that row.
+    if pairs:
+        if layout == "stacked":
+            pytest.skip("pairs are a side-by-side layout")
+        in_pairs(monkeypatch)
     model, v = build_model(family), vector()
     g = torch.Generator().manual_seed(3)
     rows = torch.cat([v.layers[1][None], -v.layers[1][None], torch.randn(6, HIDDEN, generator=g)])
@@ -257,7 +267,11 @@ def test_block_diagonal_mask_against_a_direct_construction() -> None:
     assert torch.equal(block_diagonal(additive, copies, past) == 0, got)
 
 
-def test_side_by_side_replays_each_row_once_with_the_copies_in_its_sequence(layout: str) -> None:
+@pytest.mark.parametrize("pairs", [False, True])
+def test_side_by_side_replays_each_row_once_with_the_copies_in_its_sequence(layout: str, pairs: bool,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    if pairs:
+        in_pairs(monkeypatch)
     model, v = build_model("llama"), vector()
     items = [ScoredItem(tuple(q[:-1]), ((q[-1],),)) for q in QUESTIONS]
     shapes: list[tuple[int, ...]] = []
@@ -269,4 +283,4 @@ def test_side_by_side_replays_each_row_once_with_the_copies_in_its_sequence(layo
         handle.remove()
     unsteered, replayed = shapes[-2:]  # the pass over the last tokens (after their prompts'), the replay
     assert unsteered[:2] == (3, 1)
-    assert replayed[:2] == {"stacked": (12, 1), "side by side": (3, 4), "pairs side by side": (6, 2)}[layout]
+    assert replayed[:2] == {"stacked": (12, 1), "side by side": (6, 2) if pairs else (3, 4)}[layout]
