@@ -22,7 +22,7 @@ attention grow with the square of their length.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,44 +34,59 @@ from transformers import Cache
 from steerlab.models import Target, decoder_blocks, target_module
 
 
-def _expand(value: Any, batch: int, repeat: int, cache: Cache | None) -> Any:
-    """Repeat every per-row tensor ``repeat`` times (rows stay grouped), swap in ``cache`` for the model's cache."""
+def _map(value: Any, tensor: Callable[[torch.Tensor], torch.Tensor], cache: Cache | None) -> Any:
+    """A recorded block argument with ``tensor`` applied to every tensor in it and ``cache`` for the model's cache."""
     if isinstance(value, torch.Tensor):
-        if value.ndim and value.shape[0] == batch and repeat > 1:
-            return value.repeat_interleave(repeat, dim=0)
-        return value
+        return tensor(value)
     if isinstance(value, Cache):
         return cache
     if isinstance(value, tuple):
-        return tuple(_expand(v, batch, repeat, cache) for v in value)
+        return tuple(_map(v, tensor, cache) for v in value)
     if isinstance(value, list):
-        return [_expand(v, batch, repeat, cache) for v in value]
+        return [_map(v, tensor, cache) for v in value]
     if isinstance(value, dict):
-        return {k: _expand(v, batch, repeat, cache) for k, v in value.items()}
+        return {k: _map(v, tensor, cache) for k, v in value.items()}
     return value
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a recorded block argument."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def _expand(value: Any, batch: int, repeat: int, cache: Cache | None) -> Any:
+    """Repeat every per-row tensor ``repeat`` times (rows stay grouped), swap in ``cache`` for the model's cache."""
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(repeat, dim=0) if t.ndim and t.shape[0] == batch and repeat > 1 else t
+
+    return _map(value, rows, cache)
 
 
 def _side_by_side(value: Any, width: int, copies: int, past: int, cache: Cache | None) -> Any:
     """A block argument recorded for a chunk of ``width`` tokens after ``past`` cached ones, made for ``copies``
     copies of the chunk side by side in the sequence: masks become block-diagonal, per-token tensors (positions,
     rotary tables) repeat along the sequence, ``cache`` replaces the model's cache."""
-    if isinstance(value, torch.Tensor):
-        if value.ndim == 4 and value.shape[-2:] == (width, past + width):
-            return block_diagonal(value, copies, past)
-        if value.ndim >= 2 and value.shape[1] == width:
-            return value.repeat(1, copies, *(1,) * (value.ndim - 2))
-        if value.ndim == 1 and value.shape[0] == width:
-            return value.repeat(copies)
-        return value
-    if isinstance(value, Cache):
-        return cache
-    if isinstance(value, tuple):
-        return tuple(_side_by_side(v, width, copies, past, cache) for v in value)
-    if isinstance(value, list):
-        return [_side_by_side(v, width, copies, past, cache) for v in value]
-    if isinstance(value, dict):
-        return {k: _side_by_side(v, width, copies, past, cache) for k, v in value.items()}
-    return value
+    def laid_out(t: torch.Tensor) -> torch.Tensor:
+        if _is_mask(t, width, past):
+            return block_diagonal(t, copies, past)
+        if t.ndim >= 2 and t.shape[1] == width:
+            return t.repeat(1, copies, *(1,) * (t.ndim - 2))
+        if t.ndim == 1 and t.shape[0] == width:
+            return t.repeat(copies)
+        return t
+
+    return _map(value, laid_out, cache)
+
+
+def _is_mask(t: torch.Tensor, width: int, past: int) -> bool:
+    return t.ndim == 4 and t.shape[-2:] == (width, past + width)
 
 
 def block_diagonal(mask: torch.Tensor, copies: int, past: int) -> torch.Tensor:
@@ -91,16 +106,8 @@ def block_diagonal(mask: torch.Tensor, copies: int, past: int) -> torch.Tensor:
 def masks_recorded(recording: Recording, layer: int, width: int, past: int) -> bool:
     """Whether every block above ``layer`` was given an explicit (.., width, past + width) attention mask, which
     the side-by-side layout needs (a block that built its own causal mask would let the copies see each other)."""
-    def has_mask(value: Any) -> bool:
-        if isinstance(value, torch.Tensor):
-            return value.ndim == 4 and value.shape[-2:] == (width, past + width)
-        if isinstance(value, (tuple, list)):
-            return any(map(has_mask, value))
-        if isinstance(value, dict):
-            return any(map(has_mask, value.values()))
-        return False
-
-    return all(has_mask(recording.inputs[k]) for k in range(layer + 1, len(recording.inputs)))
+    return all(any(_is_mask(t, width, past) for t in _tensors(recording.inputs[k]))
+               for k in range(layer + 1, len(recording.inputs)))
 
 
 def stacked_to_side_by_side(hidden: torch.Tensor, side: int) -> torch.Tensor:
