@@ -174,3 +174,29 @@ def test_an_unreachable_ray_address_is_one_clear_error(tmp_path: Path, capsys: p
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith(f"steerlab suite: error: cannot reach the Ray cluster at {address}: ")
     assert not (tmp_path / "units").exists()
+
+
+def test_retention_flags_reach_every_unit_and_the_cells_pool_it(suite: tuple[SuiteSpec, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    spec, _ = suite
+    out = tmp_path / "retained"
+    assert main(["suite", "--tasks", spec.tasks[0], "--models", spec.models[0], "--methods", "caa", "--seeds", "2",
+                 "--layers", "0,1", "--strengths", "0.5,2", "--n-train", "12", "--n-val", "6", "--n-test", "10",
+                 "--random-directions", "4", "--icl-k", "1", "--scoring", "letters", "--positions", "last_prompt",
+                 "--retain", "copa:6", "--out", str(out), "-q"]) == 0
+    reports = [json.loads(p.read_text()) for p in sorted(out.glob("units/*/*/*/report.json"))]
+    assert len(reports) == 2
+    assert all((r["config"]["retain"], r["config"]["retain_n"], r["config"]["positions"]) ==
+               ("copa", 6, ["last_prompt"]) for r in reports)
+    # The cell pools the units' per-item retention differences and averages their KL, read straight from the
+    # units' own reports.
+    per_unit = [[s - b for s, b in zip(r["retention"]["per_item"]["steered"], r["retention"]["per_item"]["baseline"],
+                                       strict=True)] for r in reports]
+    assert [len(d) for d in per_unit] == [6, 6]
+    (cell,) = json.loads((out / SUITE_JSON).read_text())["cells"]
+    assert cell["retention"]["value"] == pytest.approx(sum(map(sum, per_unit)) / 12)
+    assert cell["retention"]["low"] <= cell["retention"]["value"] <= cell["retention"]["high"]
+    kls = [r["retention"]["coherence"]["kl"]["value"] for r in reports]
+    assert cell["retention_kl"] == pytest.approx(sum(kls) / 2) and min(kls) >= 0
+    assert "## Retention: what the chosen steering costs on copa" in (out / SUITE_MD).read_text()
+    assert "retention " in capsys.readouterr().out

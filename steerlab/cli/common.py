@@ -30,6 +30,20 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def retain_settings(spec: str | None) -> dict[str, Any]:
+    """``--retain TASK[:N]`` as RunConfig settings (none when the flag is absent)."""
+    from steerlab.experiment.retention import parse_spec
+
+    if spec is None:
+        return {}
+    task, count = parse_spec(spec)
+    return {"retain": task, "retain_n": count}
+
+
+RETAIN_HELP = ("what the chosen steering costs: N items (default 100) of a built-in task it was not selected on "
+               "(default mmlu) unsteered vs steered, and KL / perplexity on neutral requests")
+
+
 def floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_args
+from steerlab.cli.common import RETAIN_HELP, Bars, add_common, floats, ints, load_model_from_args, retain_settings
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -45,15 +45,6 @@ def _items(args: argparse.Namespace) -> tuple[str, Any]:
     return args.task, load_task(args.task)
 
 
-def _retain(spec: str | None) -> dict[str, Any]:
-    from steerlab.experiment.retention import parse_spec
-
-    if spec is None:
-        return {}
-    task, count = parse_spec(spec)
-    return {"retain": task, "retain_n": count}
-
-
 def _count_or_all(text: str) -> int | None:
     if text == "all":
         return None
@@ -80,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        n_test=args.n_test, seeds=args.seeds, seed=args.seed, scoring=args.scoring,
                        length_normalize=args.length_normalize, chat=not args.no_chat, icl_k=args.icl_k,
                        batch_size=args.batch_size, compare_sft=args.compare == "sft", steer_target=args.steer_target,
-                       vector_items=args.vector_items, **_retain(args.retain))
+                       vector_items=args.vector_items, **retain_settings(args.retain))
     model, tok = load_model_from_args(args)
     bars = Bars(not args.quiet)
     result = run_task(model, tok, items, config, out_dir=out, progress=bars)
@@ -144,9 +135,7 @@ def register(sub: Any) -> None:
                                         "all (default last_prompt,answer,turn)")
     p.add_argument("--icl-k", type=int, default=4, help="in-context examples for the ICL controls")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--retain", nargs="?", const="mmlu", metavar="TASK[:N]",
-                   help="what the chosen steering costs: N items (default 100) of a built-in task it was not selected "
-                        "on (default mmlu) unsteered vs steered, and KL / perplexity on neutral requests")
+    p.add_argument("--retain", nargs="?", const="mmlu", metavar="TASK[:N]", help=RETAIN_HELP)
     p.add_argument("--compare", choices=("sft",),
                    help="sft: also train a LoRA adapter (PEFT) on the same training split, rate and epochs chosen on "
                         "the same validation split, and run PAS on top of it; reports PAS, LoRA and LoRA + PAS on the "

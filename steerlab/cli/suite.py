@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from steerlab.cli.common import Bars, add_device_flags, floats, ints, note
+from steerlab.cli.common import RETAIN_HELP, Bars, add_device_flags, floats, ints, note, retain_settings
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -51,6 +51,9 @@ def _spec(args: argparse.Namespace) -> Any:
         if getattr(args, name) is not None:
             grid[name] = getattr(args, name)
     settings = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
+    if args.positions:
+        settings["positions"] = args.positions
+    settings.update(retain_settings(args.retain))
     if args.no_chat:
         settings["chat"] = False
     spec = replace(spec, **grid, run=replace(spec.run if args.spec else RunConfig(), **settings))
@@ -78,8 +81,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
     for c in report.cells:
         def fmt(e: Any) -> str:
             return f"{e.value:+.3f}" + ("" if e.low is None else f" [{e.low:+.3f}, {e.high:+.3f}]")
+        retained = "" if c.retention is None else f"  retention {fmt(c.retention)}, KL {c.retention_kl:.4f}"
         print(f"{c.task:<{width}}  {c.method:<8}  {len(c.seeds):>5}  {fmt(c.delta):>24}  "
-              f"{fmt(c.directional_gain):>24}  {c.verdict}")
+              f"{fmt(c.directional_gain):>24}  {c.verdict}{retained}")
     for failed in report.failed:
         print(f"failed: {failed.unit.label}: {failed.error}", file=sys.stderr)
     done = sum(u.outcome == "done" for u in report.units)
@@ -104,6 +108,8 @@ def register(sub: Any) -> None:
     for name, kind in _RUN_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, **kind, help=f"as in steerlab run {flag}, for every unit (overrides the spec file)")
+    p.add_argument("--positions", type=_names, help="as in steerlab run --positions, for every unit")
+    p.add_argument("--retain", nargs="?", const="mmlu", metavar="TASK[:N]", help=RETAIN_HELP + ", for every unit")
     p.add_argument("--no-chat", action="store_true", help="do not apply the models' chat templates")
     p.add_argument("--out", default="steerlab-suite", help="output folder (default steerlab-suite); re-running "
                                                             "resumes, skipping finished units")

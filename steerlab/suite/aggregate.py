@@ -47,6 +47,9 @@ class UnitResult:
     directional_gain: Estimate | None = None
     steered_minus_baseline: tuple[float, ...] = ()
     steered_minus_random: tuple[float, ...] = ()
+    retention_task: str | None = None  # ``--retain``: the chosen steering on a task it was not selected on
+    retention_minus_baseline: tuple[float, ...] = ()
+    retention_kl: float | None = None  # nats per token on neutral requests
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Cell:
     verdict: Verdict
     test_baseline: float
     test_steered: float
+    retention: Estimate | None = None  # pooled like ``delta``, when every finished seed measured retention
+    retention_kl: float | None = None  # mean over the seeds
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class SuiteReport:
 def _unit_dict(result: UnitResult) -> dict[str, Any]:
     data = asdict(result)
     # Per-item differences live in the unit's own report; the aggregate keeps the summary.
-    for bulky in ("steered_minus_baseline", "steered_minus_random"):
+    for bulky in ("steered_minus_baseline", "steered_minus_random", "retention_minus_baseline"):
         del data[bulky]
     return data
 
@@ -110,12 +115,18 @@ def read_unit(spec: SuiteSpec, out: str | Path, unit: Unit) -> UnitResult:
     method = report["methods"][unit.method]
     seed = method["per_seed"][0]
     items = method["per_item"][0]
+    retention = report.get("retention") or {}
+    kept = retention.get("per_item", {})
     return UnitResult(
         unit, "done", verdict=method["verdict"], positions=seed["positions"], layer=seed["layer"],
         strength=seed["strength"], test_baseline=seed["test_baseline"], test_steered=seed["test_steered"],
         delta=_estimate(method["delta"]), directional_gain=_estimate(method["directional_gain"]),
         steered_minus_baseline=tuple(s - b for s, b in zip(items["steered"], items["baseline"], strict=True)),
-        steered_minus_random=tuple(s - r for s, r in zip(items["steered"], items["random_mean"], strict=True)))
+        steered_minus_random=tuple(s - r for s, r in zip(items["steered"], items["random_mean"], strict=True)),
+        retention_task=retention.get("task"),
+        retention_minus_baseline=tuple(s - b for s, b in zip(kept.get("steered", ()), kept.get("baseline", ()),
+                                                              strict=True)),
+        retention_kl=retention["coherence"]["kl"]["value"] if retention else None)
 
 
 def aggregate(spec: SuiteSpec, out: str | Path) -> SuiteReport:
@@ -131,8 +142,12 @@ def aggregate(spec: SuiteSpec, out: str | Path) -> SuiteReport:
                     continue
                 delta = paired_bootstrap([list(u.steered_minus_baseline) for u in done])
                 gain = paired_bootstrap([list(u.steered_minus_random) for u in done])
+                retained = all(u.retention_kl is not None for u in done)
                 cells.append(Cell(model, task, method, tuple(u.unit.seed for u in done),
                                   sum(u.outcome == "failed" for u in group), delta, gain, verdict(delta, gain),
                                   mean([u.test_baseline or 0.0 for u in done]),
-                                  mean([u.test_steered or 0.0 for u in done])))
+                                  mean([u.test_steered or 0.0 for u in done]),
+                                  paired_bootstrap([list(u.retention_minus_baseline) for u in done])
+                                  if retained else None,
+                                  mean([u.retention_kl or 0.0 for u in done]) if retained else None))
     return SuiteReport(__version__, units, cells)

@@ -60,6 +60,13 @@ def render_suite_markdown(report: dict[str, Any]) -> str:
         [[c["model"], c["task"], c["method"], ",".join(map(str, c["seeds"])), f"{c['test_baseline']:.3f}",
           f"{c['test_steered']:.3f}", _estimate(c["delta"]), _estimate(c["directional_gain"]), c["verdict"]]
          for c in report["cells"]]))
+    retained = [c for c in report["cells"] if c.get("retention")]
+    if retained:
+        tasks = sorted({u["retention_task"] for u in report["units"] if u.get("retention_task")})
+        parts += ["## Retention: what the chosen steering costs on " + ", ".join(tasks),
+                  _table(["model", "task", "method", "delta on the retention task [95% CI]", "KL nats/token"],
+                         [[c["model"], c["task"], c["method"], _estimate(c["retention"]),
+                           f"{c['retention_kl']:.4f}"] for c in retained])]
     parts.append(f"![Mean test delta per task and method]({SUITE_PNG})")
     parts.append("## Units")
     rows = []
