@@ -377,3 +377,19 @@ def test_every_store_key_ingredient_invalidates(tmp_path: Path,
     assert changed() == first
     monkeypatch.setattr(runner, "SWEEP_BLOCK", 4)
     assert changed() > 0
+
+
+def test_a_method_whose_vector_is_zero_is_skipped_with_the_reason_and_the_others_run(
+        tiny: tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerFast]) -> None:
+    # As in ETHICS commonsense: every item asks the same question and differs only in its choices. Under choice
+    # likelihood pas-full reads the question alone, so its right and wrong sides are the same prompt.
+    model, tok = tiny
+    items = [MCItem(i.id, "Which is acceptable?", i.choices, i.answer) for i in toy_items()]
+    result = runner.run_task(model, tok, items, small_config(layers=(0, 1), methods=("pas-full", "caa"),
+                                                            scoring="likelihood"))
+    report = result.report
+    assert set(report.methods) == {"caa"} and set(result.vectors) == {"caa"}
+    assert report.skipped["pas-full"] == (
+        "seed 0: pas-full's vector is zero at layer(s) 0, 1: its positive and negative prompts gave the same "
+        "activations; under choice likelihood pas-full reads the question alone, which is the same for every item "
+        "of this task")

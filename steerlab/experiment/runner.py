@@ -62,7 +62,7 @@ from steerlab.experiment.stats import (
 )
 from steerlab.experiment.store import Store, fingerprint
 from steerlab.finetune.lora import LoraSettings
-from steerlab.methods.pas import TaskFormat, build_vector, icl_history, method_problem, scored_item
+from steerlab.methods.pas import TaskFormat, build_vector, icl_history, method_problem, scored_item, vector_problem
 from steerlab.models import num_layers
 from steerlab.models.identity import model_identity
 from steerlab.progress import OVERALL, Progress, silent
@@ -302,13 +302,17 @@ class _Runner:
         used = self.config.vector_items or len(row.splits.train)
         return list(row.splits.train[:used]), row.train_predicted[:used]
 
-    def run_method(self, row: _Seed, method: str, scoring: str) -> _Chosen:
+    def method_vector(self, row: _Seed, method: str, scoring: str) -> SteeringVector:
+        """The seed's ``method`` vector as built (raw units), from the store when it was built before."""
         fmt = self.fmt(scoring)
         raw, seconds = self.store.vector(self.method_key(row.seed, method, "vector"), partial(
             build_vector, self.model, self.tokenizer, method, *self.vector_train(row), self.layers,
             style=fmt.style, scoring=fmt.scoring, batch_size=2 * self.config.batch_size, progress=self.progress,
             target=self.config.steer_target))
         self.time("vectors", seconds)
+        return raw
+
+    def run_method(self, row: _Seed, method: str, raw: SteeringVector, scoring: str) -> _Chosen:
         vector = in_unit(raw, self.config.unit)
         val_baseline = _accuracy(row.baseline["val"], row.splits.val)
         cells = self.sweep(row, method, vector, scoring, val_baseline)
@@ -380,10 +384,13 @@ class _Runner:
         for row in rows:
             for method in c.methods:
                 problem = method_problem(method, *self.vector_train(row))
-                if problem:
+                raw = None if problem else self.method_vector(row, method, scoring)
+                if raw is not None:
+                    problem = vector_problem(method, raw)
+                if problem or raw is None:
                     skipped[method] = f"seed {row.seed}: {problem}"
                 else:
-                    single = self.run_method(row, method, scoring)
+                    single = self.run_method(row, method, raw, scoring)
                     chosen.setdefault(method, []).append(single)
                     if c.max_layers > 1:
                         chosen.setdefault(method + LAYER_SET_SUFFIX, []).append(

@@ -121,6 +121,18 @@ def method_problem(method: str, items: Sequence[MCItem], predicted: Sequence[int
     return None
 
 
+def vector_problem(method: str, vector: SteeringVector) -> str | None:
+    """Why a built vector cannot steer, or None: a layer where it is exactly zero, because its two sides gave the
+    same activations (it has no direction to scale to a strength)."""
+    zero = [layer for layer, tensor in vector.layers.items() if not bool(tensor.any())]
+    if not zero:
+        return None
+    why = ("; under choice likelihood pas-full reads the question alone, which is the same for every item of this "
+           "task" if method == "pas-full" else "")
+    return (f"{method}'s vector is zero at layer(s) {', '.join(map(str, zero))}: its positive and negative prompts "
+            f"gave the same activations{why}")
+
+
 def _answer_text(tokenizer: PreTrainedTokenizerBase, item: MCItem, choice: int, style: PromptStyle) -> Group:
     head = style.render(tokenizer, question_text(item.question, item.context))
     prompt, answer = encode_continuation(tokenizer, head, item.choices[choice], templated=style.templated(tokenizer))
