@@ -386,10 +386,11 @@ def test_a_method_whose_vector_is_zero_is_skipped_with_the_reason_and_the_others
     model, tok = tiny
     items = [MCItem(i.id, "Which is acceptable?", i.choices, i.answer) for i in toy_items()]
     result = runner.run_task(model, tok, items, small_config(layers=(0, 1), methods=("pas-full", "caa"),
-                                                            scoring="likelihood"))
+                                                            scoring="likelihood", seeds=2))
     report = result.report
     assert set(report.methods) == {"caa"} and set(result.vectors) == {"caa"}
-    assert report.skipped["pas-full"] == (
+    assert len(report.methods["caa"].seeds) == 2
+    assert report.skipped["pas-full"] == (  # named by the first seed it failed on
         "seed 0: pas-full's vector is zero at layer(s) 0, 1: its positive and negative prompts gave the same "
         "activations; under choice likelihood pas-full reads the question alone, which is the same for every item "
         "of this task")

@@ -383,12 +383,13 @@ class _Runner:
         done = len(rows)
         for row in rows:
             for method in c.methods:
-                problem = method_problem(method, *self.vector_train(row))
+                # A method that cannot run on one seed is left out of the report, so later seeds skip it too.
+                problem = skipped.get(method) or method_problem(method, *self.vector_train(row))
                 raw = None if problem else self.method_vector(row, method, scoring)
                 if raw is not None:
                     problem = vector_problem(method, raw)
                 if problem or raw is None:
-                    skipped[method] = f"seed {row.seed}: {problem}"
+                    skipped.setdefault(method, f"seed {row.seed}: {problem}")
                 else:
                     single = self.run_method(row, method, raw, scoring)
                     chosen.setdefault(method, []).append(single)
