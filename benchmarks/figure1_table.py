@@ -51,7 +51,7 @@ def tables(reports: dict[str, dict[str, Any]]) -> str:
                                for m in PAS_METHODS]
                      + [f"{r['method']} (layer {r['layer']}, {r['strength']:g})",
                         f"{ret['accuracy']['unsteered']:.3f} -> {ret['accuracy']['steered']:.3f}, "
-                        f"{_estimate(ret['delta'])}", _estimate(coherence["kl"], 2),
+                        f"{_estimate(ret['delta'])}", _estimate(coherence["kl"]),
                         f"{coherence['perplexity_unsteered']:.2f} -> {coherence['perplexity_steered']:.2f}"])
     first = _table(["task", "kind", "train/val/test x seeds", "scoring", "unsteered", *PAS_METHODS], effect)
     second = _table(["task", *(f"{m} gain" for m in PAS_METHODS), "chosen (seed 0)",

@@ -1,13 +1,13 @@
 """Suite speed-up on Ray: 4 units on the embedded model, 1 and 2 workers of 1 thread each, Ray's overhead.
 
-Issue 14's benchmark. The same suite (2 tasks x 2 seeds, small splits) runs three times into fresh folders:
-serially in this process (1 torch thread, no Ray), on a local Ray with 1 worker, and with 2 workers (each a
-model replica with 1 CPU and 1 torch thread). It prints the wall times, the speed-up of 2 workers over 1
-(target 1.8x on 2 cores), and the Ray overhead per unit: (1 Ray worker - serial) / units, which holds Ray's
-start, the worker process start and its model load, spread over the units. The three aggregates must be the
-same bytes.
+Issue 14's benchmark. The same suite (2 tasks x 2 seeds; ``--units`` sets their size) runs three times into
+fresh folders: serially in this process (1 torch thread, no Ray), on a local Ray with 1 worker, and with 2
+workers (each a model replica with 1 CPU and 1 torch thread). It prints the wall times, the speed-up of 2
+workers over 1 (target 1.8x on 2 cores), and the Ray overhead per unit: (1 Ray worker - serial) / units, which
+holds Ray's start, the worker process start and its model load, spread over the units. The three aggregates
+must be the same bytes.
 
-    . .venv/bin/activate && cd benchmarks && python suite_speedup.py
+    . .venv/bin/activate && cd benchmarks && python suite_speedup.py [--units run]
 """
 
 from __future__ import annotations
@@ -27,18 +27,27 @@ from steerlab.suite.spec import SuiteSpec
 from common import load_line, setup, table, timed
 
 TASKS = ("caa/refusal", "caa/myopic-reward")
-RUN = RunConfig(methods=("caa",), layers=(10, 14), strengths=(0.5, 1.0), n_train=16, n_val=8, n_test=16,
-                random_directions=4, icl_k=2, scoring="letters")
+# Unit sizes. "small": a smoke-sized unit (2 layers x 2 strengths, 16/8/16 items, 4 random directions), about
+# 25 s on one thread, so the suite's fixed start and end (Ray, worker processes, model loads, the aggregate:
+# about 9 s whatever the workers) weigh on the speed-up. "run": shaped like a `steerlab run` unit (its 8
+# layers x 4 strengths, both signs) at half its default splits, 4 random directions, last_prompt: ~45 s.
+SIZES = {
+    "small": RunConfig(methods=("caa",), layers=(10, 14), strengths=(0.5, 1.0), n_train=16, n_val=8,
+                       n_test=16, random_directions=4, icl_k=2, scoring="letters"),
+    "run": RunConfig(methods=("caa",), n_train=32, n_val=16, n_test=32, random_directions=4,
+                     scoring="letters", positions=("last_prompt",)),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="seeds per task (units = 2 tasks x seeds)")
+    parser.add_argument("--units", choices=sorted(SIZES), default="small", help="unit size (see SIZES)")
     parser.add_argument("--out", help="keep the three suites' folders here (default: a temporary folder)")
     args = parser.parse_args()
     setup(threads=1)
     default_model_path()  # the one-time conversion of the embedded model is not part of any timing
-    spec = SuiteSpec(tasks=TASKS, methods=("caa",), seeds=tuple(range(args.seeds)), run=RUN)
+    spec = SuiteSpec(tasks=TASKS, methods=("caa",), seeds=tuple(range(args.seeds)), run=SIZES[args.units])
     units = len(spec.units())
     print(load_line("before", 1))
     with tempfile.TemporaryDirectory() as scratch:
