@@ -23,7 +23,8 @@ _RUN_FLAGS: dict[str, dict[str, Any]] = {
     "layers": {"type": ints}, "strengths": {"type": floats}, "unit": {"choices": ("relative", "absolute")},
     "select": {"choices": ("directional", "accuracy")}, "max_layers": {"type": int}, "n_train": {"type": int},
     "n_val": {"type": int}, "n_test": {"type": int}, "random_directions": {"type": int},
-    "scoring": {"choices": ("auto", "letters", "likelihood")}, "icl_k": {"type": int}, "batch_size": {"type": int}}
+    "scoring": {"choices": ("auto", "letters", "likelihood")}, "icl_k": {"type": int}, "batch_size": {"type": int},
+    "positions": {"type": _names}}
 
 
 def _spec(args: argparse.Namespace) -> Any:
@@ -51,8 +52,6 @@ def _spec(args: argparse.Namespace) -> Any:
         if getattr(args, name) is not None:
             grid[name] = getattr(args, name)
     settings = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
-    if args.positions:
-        settings["positions"] = args.positions
     settings.update(retain_settings(args.retain))
     if args.no_chat:
         settings["chat"] = False
@@ -108,7 +107,6 @@ def register(sub: Any) -> None:
     for name, kind in _RUN_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, **kind, help=f"as in steerlab run {flag}, for every unit (overrides the spec file)")
-    p.add_argument("--positions", type=_names, help="as in steerlab run --positions, for every unit")
     p.add_argument("--retain", nargs="?", const="mmlu", metavar="TASK[:N]", help=RETAIN_HELP + ", for every unit")
     p.add_argument("--no-chat", action="store_true", help="do not apply the models' chat templates")
     p.add_argument("--out", default="steerlab-suite", help="output folder (default steerlab-suite); re-running "

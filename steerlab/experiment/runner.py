@@ -312,6 +312,14 @@ class _Runner:
         self.time("vectors", seconds)
         return raw
 
+    def usable_vector(self, row: _Seed, method: str, scoring: str) -> SteeringVector | str:
+        """The seed's raw ``method`` vector, or why the method cannot run on this seed."""
+        problem = method_problem(method, *self.vector_train(row))
+        if problem:
+            return problem
+        raw = self.method_vector(row, method, scoring)
+        return vector_problem(method, raw) or raw
+
     def run_method(self, row: _Seed, method: str, raw: SteeringVector, scoring: str) -> _Chosen:
         vector = in_unit(raw, self.config.unit)
         val_baseline = _accuracy(row.baseline["val"], row.splits.val)
@@ -384,14 +392,11 @@ class _Runner:
         for row in rows:
             for method in c.methods:
                 # A method that cannot run on one seed is left out of the report, so later seeds skip it too.
-                problem = skipped.get(method) or method_problem(method, *self.vector_train(row))
-                raw = None if problem else self.method_vector(row, method, scoring)
-                if raw is not None:
-                    problem = vector_problem(method, raw)
-                if problem or raw is None:
-                    skipped.setdefault(method, f"seed {row.seed}: {problem}")
-                else:
-                    single = self.run_method(row, method, raw, scoring)
+                built = None if method in skipped else self.usable_vector(row, method, scoring)
+                if isinstance(built, str):
+                    skipped[method] = f"seed {row.seed}: {built}"
+                elif built is not None:
+                    single = self.run_method(row, method, built, scoring)
                     chosen.setdefault(method, []).append(single)
                     if c.max_layers > 1:
                         chosen.setdefault(method + LAYER_SET_SUFFIX, []).append(
