@@ -7,7 +7,7 @@ workers over 1 (target 1.8x on 2 cores), and the Ray overhead per unit: (1 Ray w
 holds Ray's start, the worker process start and its model load, spread over the units. The three aggregates
 must be the same bytes.
 
-    . .venv/bin/activate && cd benchmarks && python suite_speedup.py [--units run]
+    . .venv/bin/activate && cd benchmarks && python suite_speedup.py [--units run|full]
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ TASKS = ("caa/refusal", "caa/myopic-reward")
 # 25 s on one thread, so the suite's fixed start and end (Ray, worker processes, model loads, the aggregate:
 # about 9 s whatever the workers) weigh on the speed-up. "run": shaped like a `steerlab run` unit (its 8
 # layers x 4 strengths, both signs) at half its default splits, 4 random directions, last_prompt: ~45 s.
+# "full": a `steerlab run` unit at its default splits (64/32/64) and 16 random directions, last_prompt: ~90 s.
 SIZES = {
     "small": RunConfig(methods=("caa",), layers=(10, 14), strengths=(0.5, 1.0), n_train=16, n_val=8,
                        n_test=16, random_directions=4, icl_k=2, scoring="letters"),
     "run": RunConfig(methods=("caa",), n_train=32, n_val=16, n_test=32, random_directions=4,
                      scoring="letters", positions=("last_prompt",)),
+    "full": RunConfig(methods=("caa",), scoring="letters", positions=("last_prompt",)),
 }
 
 
