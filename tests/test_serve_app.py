@@ -23,7 +23,7 @@ from steerlab.serve.launch import background_server, build_service
 from steerlab.serve.service import Service
 from steerlab.serve.settings import Limits, ServeSettings
 from steerlab.serve.vectors import VectorLibrary
-from tests.conftest import DEPTH, HIDDEN, build_model, build_tokenizer
+from tests.conftest import CHAT_TEMPLATE, DEPTH, HIDDEN, build_model, build_tokenizer
 
 MODEL = "tiny"
 
@@ -70,11 +70,11 @@ def _idle(service: Service) -> None:
     _until(lambda: service.engine.load() == (0, 0))
 
 
-def _post(url: str, body: bytes | Iterator[bytes], chunked: bool = False) -> tuple[int, dict[str, str], Any]:
+def _post(url: str, body: bytes | Iterator[bytes], chunked: bool = False,
+          path: str = "/v1/chat/completions") -> tuple[int, dict[str, str], Any]:
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"},
-                       encode_chunked=chunked)
+    connection.request("POST", path, body, {"Content-Type": "application/json"}, encode_chunked=chunked)
     response = connection.getresponse()
     payload = json.loads(response.read())
     connection.close()
@@ -99,6 +99,25 @@ def test_full_batch_and_queue_give_429_with_retry_after(tmp_path: Path) -> None:
         _idle(service)
         status, _, body = _post(url, _chat())
         assert status == 200 and body["usage"]["completion_tokens"] == 4
+
+
+def test_requests_the_model_cannot_take_get_400_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    # Like Llama-2's and Mistral's templates: a conversation must not open with the assistant.
+    service.tokenizer.chat_template = ("{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversation "
+                                       "roles must alternate user/assistant') }}{% endif %}" + CHAT_TEMPLATE)
+    opening = json.dumps({"model": MODEL, "messages": [{"role": "assistant", "content": "w1"}], "max_tokens": 2})
+    empty = json.dumps({"model": MODEL, "prompt": "", "max_tokens": 2})
+    with background_server(service) as url:
+        status, _, body = _post(url, opening.encode())
+        assert (status, body["error"]["param"]) == (400, "messages"), body
+        assert "chat template refused these messages: Conversation roles must alternate" in body["error"]["message"]
+        status, _, body = _post(url, empty.encode(), path="/v1/completions")
+        assert (status, body["error"]["param"], body["error"]["message"]) == (400, "prompt", "the prompt has no tokens")
+        status, _, body = _post(url, _chat(seed=2**64))
+        assert (status, body["error"]["param"]) == (400, "seed"), body
+        status, _, body = _post(url, _chat(seed=2**64 - 1, temperature=1.0))
+        assert status == 200 and body["usage"]["completion_tokens"] == 4, body
 
 
 def test_a_request_past_its_timeout_gets_504_and_frees_its_place(tmp_path: Path) -> None:

@@ -143,12 +143,10 @@ class Engine:
             raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
-        config = getattr(model, "config", None)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos: frozenset[int] = frozenset(eos if isinstance(eos, list) else [] if eos is None else [int(eos)])
-        self._config = config
         self._device = next(model.parameters()).device
         self._last_logit_only = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._pending: deque[Ticket] = deque()
@@ -273,7 +271,9 @@ class Engine:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         row = _Row(ticket, generator, job.terms)
-        cache = DynamicCache(config=self._config)
+        # Without the model's config every layer keeps its whole past: a sliding-window layer's own cache keeps only
+        # the window and could not share the batch's columns and mask; the model applies the window in its mask.
+        cache = DynamicCache()
         with ExitStack() as stack:
             decisions = None
             if job.program is not None and job.span is not None:
@@ -294,7 +294,7 @@ class Engine:
         ids = torch.tensor([[row.tokens[-1]] for row in self._rows])
         mask = torch.cat([kv.mask, torch.ones((kv.rows, 1), dtype=kv.mask.dtype)], dim=1)
         positions = kv.mask.sum(dim=1, keepdim=True)  # real tokens already cached = this token's position
-        cache = kv.as_cache(self._config)  # type: ignore[arg-type]
+        cache = kv.as_cache()
         logits = self._forward([(row.terms, row.ticket.job) for row in self._rows], ids,
                                cache, attention_mask=mask.to(self._device), position_ids=positions.to(self._device))
         kv.absorb(cache, 1)

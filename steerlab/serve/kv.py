@@ -8,7 +8,7 @@ Example::
 
     batch = KVBatch.empty()
     batch.join(KVBatch.from_cache(prefill_cache))       # a prefilled request becomes a row
-    cache = batch.as_cache(config)                      # feed to the model with batch.mask plus one column
+    cache = batch.as_cache()                            # feed to the model with batch.mask plus one column
     batch.absorb(cache, steps=1)                        # the step's new column, written by the model
     batch.keep([0])                                     # drop the other rows
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedConfig
+from transformers import DynamicCache
 
 from steerlab.errors import ConfigError
 
@@ -39,17 +39,15 @@ class KVBatch:
         return int(self.mask.shape[0])
 
     @classmethod
-    def from_cache(cls, cache: DynamicCache, mask: torch.Tensor | None = None) -> KVBatch:
-        """The rows of a cache the model filled; ``mask`` defaults to every column real."""
+    def from_cache(cls, cache: DynamicCache) -> KVBatch:
+        """The rows of a cache the model filled, every column real."""
         layers = _tensors(cache)
         rows, columns = int(layers[0][0].shape[0]), int(layers[0][0].shape[2])
-        if mask is None:
-            mask = torch.ones((rows, columns), dtype=torch.long, device=layers[0][0].device)
-        return cls(layers, mask.long())
+        return cls(layers, torch.ones((rows, columns), dtype=torch.long, device=layers[0][0].device))
 
-    def as_cache(self, config: PreTrainedConfig) -> DynamicCache:
+    def as_cache(self) -> DynamicCache:
         """A cache over this batch's tensors for the next forward call (which appends to its own copy)."""
-        return DynamicCache(ddp_cache_data=self.layers, config=config)
+        return DynamicCache(ddp_cache_data=self.layers)
 
     def absorb(self, cache: DynamicCache, steps: int) -> None:
         """Take the tensors of ``cache`` after a forward call that added ``steps`` real columns to every row."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from steerlab.conditional.program import ConditionalProgram
@@ -58,9 +59,12 @@ class Service:
                                 f"{self.settings.model_id!r}", kind="model_not_found", param="model")
         program = self._program(request.program)
         prompt, span = self._prompt(request, program is not None)
+        where = "messages" if isinstance(request, ChatRequest) else "prompt"
+        if not prompt:
+            raise ApiError(400, "the prompt has no tokens", param=where)
         if len(prompt) > limits.max_prompt_tokens:
             raise ApiError(400, f"the prompt has {len(prompt)} tokens; the limit is {limits.max_prompt_tokens}",
-                           param="messages" if isinstance(request, ChatRequest) else "prompt")
+                           param=where)
         asked = request.max_tokens
         if isinstance(request, ChatRequest) and request.max_completion_tokens is not None:
             asked = request.max_completion_tokens
@@ -84,12 +88,19 @@ class Service:
         messages = [message.model_dump() for message in request.messages]
 
         def encoded(text: str) -> list[int]:
-            replaced = [*messages[:-1], {**messages[-1], "content": text}]
-            ids = self.tokenizer.apply_chat_template(replaced, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=False)
-            return [int(t) for t in ids]  # type: ignore[arg-type]
+            return self._chat_ids([*messages[:-1], {**messages[-1], "content": text}])
 
         return turn_start(encoded, str(messages[-1]["content"]))
+
+    def _chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The chat template's tokens for ``messages``; a template that refuses them (roles that do not alternate,
+        a leading assistant turn: real templates call ``raise_exception``) is the request's fault."""
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+        except TemplateError as exc:
+            raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
+        return [int(t) for t in ids]  # type: ignore[arg-type]
 
     def _program(self, name: str | None) -> ConditionalProgram | None:
         if name is None:
@@ -113,10 +124,7 @@ class Service:
             raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
         if conditional:
             return self._turn(request)
-        messages = [message.model_dump() for message in request.messages]
-        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                      return_dict=False)
-        return [int(t) for t in rendered], None  # type: ignore[arg-type]
+        return self._chat_ids([message.model_dump() for message in request.messages]), None
 
     def _turn(self, request: ChatRequest) -> tuple[list[int], tuple[int, int]]:
         """The one user turn (after an optional system message) that a program's conditions read."""
