@@ -44,3 +44,19 @@ def test_shared_prefix_changes_nothing(family: str, letters: bool, monkeypatch: 
     moved = [abs(a - b) for key in plain.grid for row_s, row_b in zip(plain.grid[key], plain.baseline, strict=True)
              for a, b in zip(row_s, row_b, strict=True)]
     assert max(moved) > 1e-3  # the steering did act
+
+
+@pytest.mark.parametrize("letters", [True, False])
+def test_a_sliding_window_model_shares_no_prefix_and_batches_exactly(letters: bool) -> None:
+    # gemma2's window (4 tokens) is far shorter than the 40 shared tokens: padding after them would take its slots.
+    # float32: transformers' eager attention turns float64 left padding into NaN on its own.
+    model = build_model("gemma2", torch.float32)
+    items = _items(letters)
+    scorer = Scorer(((9,), (10,), (11,)) if letters else None)
+    vector = SteeringVector({0: torch.randn(HIDDEN), 1: torch.randn(HIDDEN)})
+    assert sweep._shared_prefix(model, items).length == 0
+    batched = score_grid(model, items, scorer, vector, [0, 1], [-2.0, 3.0], batch_size=5)
+    alone = score_grid(model, items, scorer, vector, [0, 1], [-2.0, 3.0], batch_size=1)  # no padding at all
+    torch.testing.assert_close(torch.tensor(batched.baseline), torch.tensor(alone.baseline), rtol=0, atol=2e-5)
+    for key in alone.grid:
+        torch.testing.assert_close(torch.tensor(batched.grid[key]), torch.tensor(alone.grid[key]), rtol=0, atol=2e-5)

@@ -75,11 +75,12 @@ def logprobs(model: tf.PreTrainedModel, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].double(), dim=-1)
 
 
-def letter_scores(model: tf.PreTrainedModel) -> list[list[float]]:
+def letter_scores(model: tf.PreTrainedModel, choices: tuple[int, ...] = (3, 3, 3)) -> list[list[float]]:
+    """Each question's log-probs over its first ``choices`` letters."""
     rows = []
-    for question in QUESTIONS:
+    for question, n in zip(QUESTIONS, choices, strict=True):
         last = logprobs(model, question)[-1]
-        per_letter = torch.stack([torch.logsumexp(last[list(ids)], dim=0) for ids in LETTER_IDS])
+        per_letter = torch.stack([torch.logsumexp(last[list(ids)], dim=0) for ids in LETTER_IDS[:n]])
         rows.append(torch.log_softmax(per_letter, dim=0).tolist())
     return rows
 
@@ -115,15 +116,18 @@ def assert_grid(got: list[list[float]], expected: list[list[float]]) -> None:
         assert row == pytest.approx(want, abs=2e-5)
 
 
-def test_letter_grid_with_last_token_steering(family: str) -> None:
+@pytest.mark.parametrize("choices", [(3, 3, 3), (2, 3, 1)])
+def test_letter_grid_with_last_token_steering(family: str, choices: tuple[int, ...]) -> None:
+    # (2, 3, 1): questions of a task with fewer choices than its widest compete over their own letters only.
     model, v = build_model(family), vector()
-    items = [ScoredItem(tuple(q[:-1]), ((q[-1],),)) for q in QUESTIONS]
+    items = [ScoredItem(tuple(q[:-1]), ((q[-1],),), choices=n) for q, n in zip(QUESTIONS, choices, strict=True)]
     result = score_grid(model, items, Scorer(letter_ids=LETTER_IDS), v, LAYERS, STRENGTHS, batch_size=2)
-    assert_grid(result.baseline, letter_scores(model))
+    assert_grid(result.baseline, letter_scores(model, choices))
+    assert [len(row) for row in result.baseline] == list(choices)
     assert set(result.grid) == {(layer, s) for layer in LAYERS for s in STRENGTHS}
     for (layer, strength), scores in result.grid.items():
         with hooked(model, layer, strength * v.layers[layer], slice(-1, None)):
-            assert_grid(scores, letter_scores(model))
+            assert_grid(scores, letter_scores(model, choices))
 
 
 def test_choice_grid_with_answer_steering(family: str) -> None:

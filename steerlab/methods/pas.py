@@ -73,12 +73,13 @@ def scored_item(tokenizer: PreTrainedTokenizerBase, item: MCItem, fmt: TaskForma
     if fmt.scoring == "letters":
         user = lettered_prompt(item.question, item.choices, item.context)
         prompt = encode(tokenizer, fmt.style.render(tokenizer, user, history), templated=templated)
+        choices = len(item.choices)
         if fmt.positions in ("prompt", "all"):
-            return ScoredItem((), (tuple(prompt),))
+            return ScoredItem((), (tuple(prompt),), choices=choices)
         if fmt.positions == "turn":
             turn = fmt.style.turn_start(tokenizer, user, history)
-            return ScoredItem(tuple(prompt[:turn]), (tuple(prompt[turn:]),))
-        return ScoredItem(tuple(prompt[:-1]), ((prompt[-1],),))
+            return ScoredItem(tuple(prompt[:turn]), (tuple(prompt[turn:]),), choices=choices)
+        return ScoredItem(tuple(prompt[:-1]), ((prompt[-1],),), choices=choices)
     user = question_text(item.question, item.context)
     head = fmt.style.render(tokenizer, user, history)
     continuations = [encode_continuation(tokenizer, head, choice, templated=templated) for choice in item.choices]

@@ -52,14 +52,17 @@ SIDE_BY_SIDE_LENGTH = 1.0
 class ScoredItem:
     """One question, tokenised for scoring.
 
-    ``letters``: chunks hold one sequence, scored by the letter log-probabilities at its last position.
-    Otherwise each chunk is a choice, scored by the log-likelihood of ``chunk[score_from + 1:]`` (the choice's tokens).
+    ``letters``: chunks hold one sequence, scored by the letter log-probabilities at its last position, over the
+    item's first ``choices`` letters (None: all the scorer's letters; a 2-choice item in a 4-choice task can answer
+    neither C nor D). Otherwise each chunk is a choice, scored by the log-likelihood of ``chunk[score_from + 1:]``
+    (the choice's tokens).
     """
 
     prefix: tuple[int, ...]
     chunks: tuple[tuple[int, ...], ...]
     score_from: tuple[int, ...] = ()
     steered_length: int | None = None  # steer only the first this many positions of each chunk; None: all
+    choices: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,9 @@ class GridScores:
 
 
 def _scores(model: nn.Module, hidden: torch.Tensor, rows: Sequence[tuple[int, ...]], starts: Sequence[int],
-            scorer: Scorer) -> list[float] | list[list[float]]:
-    """Letter log-probs per row (letters) or one log-likelihood per row, from the last block's output."""
+            choices: Sequence[int | None], scorer: Scorer) -> list[float] | list[list[float]]:
+    """Letter log-probs per row over its ``choices`` first letters (letters) or one log-likelihood per row, from the
+    last block's output."""
     if scorer.letters:
         assert scorer.letter_ids is not None
         last = torch.tensor([len(r) - 1 for r in rows], device=hidden.device)
@@ -102,7 +106,11 @@ def _scores(model: nn.Module, hidden: torch.Tensor, rows: Sequence[tuple[int, ..
         column = {token: k for k, token in enumerate(flat)}
         per_letter = torch.stack(
             [torch.logsumexp(logits[:, [column[t] for t in ids]], dim=-1) for ids in scorer.letter_ids], dim=-1)
-        return [list(map(float, row)) for row in torch.log_softmax(per_letter, dim=-1)]
+        width = per_letter.shape[1]
+        counts = [width if n is None else n for n in choices]
+        beyond = torch.arange(width, device=hidden.device) >= torch.tensor(counts, device=hidden.device)[:, None]
+        scores = torch.log_softmax(per_letter.masked_fill(beyond, float("-inf")), dim=-1)
+        return [list(map(float, row[:n])) for row, n in zip(scores, counts, strict=True)]
     # Logits only where a choice token is predicted: the unembedding is the costliest matrix of a small model.
     where = [(k, p) for k, (row, begin) in enumerate(zip(rows, starts, strict=True))
              for p in range(begin, len(row) - 1)]
@@ -146,10 +154,12 @@ def _shared_prefix(model: nn.Module, items: Sequence[ScoredItem]) -> _Shared:
         if any(p[k] != prefixes[0][k] for p in prefixes):
             length = k
             break
-    if length < SHARED_MIN_TOKENS or len(items) < 2:
+    cache = DynamicCache(config=getattr(model, "config", None))
+    # Between the shared prefix and an item's own tokens sits its padding, and a sliding window counts columns:
+    # the padding would take window slots from real tokens.
+    if length < SHARED_MIN_TOKENS or len(items) < 2 or any(getattr(k, "is_sliding", False) for k in cache.layers):
         return _Shared(0, None)
     device = next(model.parameters()).device
-    cache = DynamicCache(config=getattr(model, "config", None))
     base = base_model(model)
     base(input_ids=torch.tensor([prefixes[0][:length]], device=device), **cache_kwarg(base, cache), use_cache=True)
     return _Shared(length, cache)
@@ -245,7 +255,8 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
         base(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwarg(base, cache),
              use_cache=cache is not None)
     last = num_layers(model) - 1
-    baseline = _group(_scores(model, recording.outputs[last], rows, starts, scorer), counts, scorer.letters)
+    choices = [item.choices for item in items for _ in item.chunks]
+    baseline = _group(_scores(model, recording.outputs[last], rows, starts, choices, scorer), counts, scorer.letters)
     steered_scores: dict[LayerSet, list[list[list[float]]]] = {}
     replay_caches: dict[int, Cache | None] = {}
     past = prefix_mask.shape[1]
@@ -289,7 +300,7 @@ def _batch(model: nn.Module, items: Sequence[ScoredItem], scorer: Scorer,
                 else:  # drop the replayed chunk, keep the shared prefix
                     cast(DynamicLayer, replay_cache.layers[k]).crop(-width * side)
         flat = _scores(model, final, [r for r in rows for _ in range(repeat)],
-                       [s for s in starts for _ in range(repeat)], scorer)
+                       [s for s in starts for _ in range(repeat)], [n for n in choices for _ in range(repeat)], scorer)
         steered_scores[key] = [_group(flat[k::repeat], counts, scorer.letters) for k in range(repeat)]
     return PushSetScores(baseline, steered_scores)
 
