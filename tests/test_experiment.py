@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -369,6 +370,7 @@ def test_every_store_key_ingredient_invalidates(tmp_path: Path,
     assert changed(dtype=True) == first
     assert changed(template=True) == first
     assert changed(items=[*items[:-1], MCItem("i39", "w12 w13", items[-1].choices, 0)]) == first
+    assert changed(items=[dataclasses.replace(i, group=str(k % 3)) for k, i in enumerate(items)]) == first  # splits
     assert changed(config=small_config(random_directions=5)) == first
     # Ablation settings change the vectors and what follows them, never an unsteered pass.
     assert 0 < changed(config=small_config(steer_target="mlp")) < first

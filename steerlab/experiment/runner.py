@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, astuple, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,7 @@ class _Runner:
         self.letter_ids = tuple(tuple(ids) for ids in letter_token_ids(tokenizer, [chr(65 + k) for k in range(width)]))
         self.identity = model_identity(model, tokenizer)
         self.base_key = fingerprint(__version__, self.identity, _constants(),
-                                    [(i.id, i.question, i.choices, i.answer, i.context) for i in items],
+                                    [astuple(i) for i in items],  # every field: groups steer the splits
                                     config.pas_settings)
         self.timings: dict[str, float] = {}
 
@@ -457,7 +457,8 @@ class _Runner:
         assert c.retain is not None and vector.recipe is not None
         items = retention_items(c.retain, c.retain_n, c.seed)
         raw, seconds = self.store.json(
-            self.key("retention", c.retain, c.retain_n, vector.recipe.to_dict()),
+            self.key("retention", c.retain, c.retain_n, vector.recipe.to_dict(),
+                     {layer: t.tolist() for layer, t in vector.layers.items()}),  # --vector-items changes only these
             partial(measure_retention, self.model, self.tokenizer, vector, items, self.fmt(scoring),
                     batch_size=c.batch_size, progress=self.progress))
         self.time("retention", seconds)
