@@ -21,7 +21,7 @@ from steerlab.data.items import MCItem
 from steerlab.data.prompts import PromptStyle, encode, encode_continuation, lettered_prompt, question_text
 from steerlab.errors import ConfigError
 from steerlab.experiment import runner
-from steerlab.experiment.config import RunConfig
+from steerlab.experiment.config import RunConfig, default_sweep_layers
 from steerlab.experiment.report import render_markdown
 from steerlab.experiment.results import SeedOutcome, SweepCell, verdict
 from steerlab.experiment.selection import choose, grow_layer_set
@@ -90,6 +90,14 @@ def test_greedy_layer_sets_add_a_layer_only_while_the_score_improves() -> None:
     assert grow_layer_set(start, [0, 1, 2, 3, 4], evaluate, 0.55, "directional", max_layers=1)[0] == start
     strong = SweepCell("answer", 2, 1.0, 0.9, 0.3)  # gain 0.3: no set beats it
     assert grow_layer_set(strong, [0, 1, 2, 3, 4], evaluate, 0.55, "directional", max_layers=3)[0] == strong
+
+
+def test_default_layers_lie_in_the_middle_of_any_depth() -> None:
+    assert default_sweep_layers(1) == [0] and default_sweep_layers(2) == [1] and default_sweep_layers(4) == [1, 2, 3]
+    assert default_sweep_layers(28) == [7, 9, 11, 13, 16, 18, 20, 22]  # round(0.25 * 28) to round(0.8 * 28), evenly
+    for depth in range(1, 100):
+        layers = default_sweep_layers(depth)
+        assert 1 <= len(layers) <= 8 and all(0 <= layer < depth for layer in layers), depth
 
 
 def test_verdicts() -> None:

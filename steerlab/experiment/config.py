@@ -22,7 +22,8 @@ DEFAULT_ABSOLUTE_STRENGTHS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 def default_sweep_layers(depth: int) -> list[int]:
     """Eight layers spread over the middle of the network (25% to 80% of its depth), where steering works best."""
-    low, high = max(1, round(0.25 * depth)), max(1, round(0.8 * depth))
+    high = min(depth - 1, max(1, round(0.8 * depth)))  # a 1- or 2-block model still gets its own blocks
+    low = min(high, max(1, round(0.25 * depth)))
     count = min(8, high - low + 1)
     return sorted({round(low + k * (high - low) / max(1, count - 1)) for k in range(count)})
 
