@@ -20,6 +20,7 @@ from scipy.stats import binomtest
 
 import steerlab.psr.evaluate as psr_evaluate
 from steerlab.cli.main import main
+from steerlab.conditional.program import Condition, ConditionalProgram
 from steerlab.core.hooks import SteeringSource, steer
 from steerlab.core.vector import SteeringVector
 from steerlab.data.prompts import PromptStyle
@@ -236,6 +237,10 @@ def test_cache_resumes_and_recomputes_only_missing_chunks(tmp_path: Path) -> Non
     for layer in first.layers:
         assert torch.equal(first.prompted[layer], second.prompted[layer])
         assert torch.equal(first.plain[layer], second.plain[layer])
+    # Another model of the same name and shape (other weights, then another dtype) never reads these chunks.
+    for other in (build_model("llama", seed=1), build_model("llama", torch.float64)):
+        _data(other, tmp_path)
+    assert len(list((tmp_path / "cache").glob("*/key.json"))) == 3
 
 
 def test_constant_is_the_mean_difference_and_every_kind_round_trips(tmp_path: Path, shared_cache: Path) -> None:
@@ -639,7 +644,7 @@ def _tiny_model_dir(tmp_path: Path) -> Path:
 
 
 def test_cli_with_a_prompts_file_trains_validates_and_tests_on_disjoint_prompts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model_dir = _tiny_model_dir(tmp_path)
     prompts = [f"w{i} w{i + 1}" for i in range(20, 60, 2)]
@@ -697,6 +702,11 @@ def test_cli_with_a_prompts_file_trains_validates_and_tests_on_disjoint_prompts(
 
     # Evaluating on more held-out prompts than training left out would test on training prompts: refused.
     assert main([*evaluate_args, *split_flags(8, 9)]) == 2
+    capsys.readouterr()
+    program = tmp_path / "program.safetensors"
+    ConditionalProgram((Condition("c", {1: torch.ones(32)}, "cosine", 0.0, ">"),)).save(program)
+    assert main([str(program) if a == str(out) else a for a in [*evaluate_args, *split_flags(4, 5)]]) == 2
+    assert f"{program} holds a conditional program: psr eval compares steering" in capsys.readouterr().err
 
 
 def test_cli_errors_name_the_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -202,6 +202,7 @@ def _show(value: Any) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``steerlab psr eval``: alpha search per steering file, then the report folder."""
+    from steerlab.core.vector import SteeringVector
     from steerlab.files import load_steering
     from steerlab.models import hidden_size, model_name, num_layers
     from steerlab.psr.evaluate import (
@@ -220,6 +221,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for raw in args.steering:
         name, path = _named(raw)
         steering = load_steering(path)
+        if not isinstance(steering, SteeringVector | PSRModel):
+            raise ConfigError(f"{path} holds a conditional program: psr eval compares steering at matched "
+                              "coherence on every prompt; give a steering vector or a PSR model")
         steering.check_compatible(hidden_size(model), num_layers(model), model_name(model))
         if not name:
             name = steering.psr_kind if isinstance(steering, PSRModel) else "vector"

@@ -34,7 +34,8 @@ from transformers import PreTrainedTokenizerBase
 from steerlab.core.vector import atomic_output, write_steering_file
 from steerlab.data.prompts import PromptStyle, encode
 from steerlab.errors import ConfigError, DataError, VectorFileError
-from steerlab.models import hidden_size, model_name, num_layers
+from steerlab.models import hidden_size, num_layers
+from steerlab.models.identity import model_identity
 from steerlab.progress import Progress, silent
 from steerlab.runtime import batching
 from steerlab.runtime.capture import capture, run_until_captured
@@ -328,7 +329,7 @@ def build_activation_data(
     if pad is None:
         raise ConfigError("the tokenizer needs a pad token to batch prompts")
     key = {
-        "model": model_name(model),
+        "model": model_identity(model, tokenizer),  # weights, dtype, device kinds, tokenizer: not just the name
         "instruction": instruction,
         "prompts": list(prompts),
         "layers": wanted,
