@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -175,4 +176,16 @@ def test_import_rejects_malformed_steerlab_metadata(tmp_path: Path) -> None:
     path = tmp_path / "cv.gguf"
     write_gguf(path, {"direction.1": rand(1).numpy()}, **{"steerlab.metadata": "{oops"})
     with pytest.raises(VectorFileError, match=r"malformed JSON in steerlab\.metadata"):
+        import_gguf(path)
+
+
+@pytest.mark.parametrize(("recipe", "message"), [
+    ({"layers": [3], "strength": 1.0}, r"cv\.gguf: the recipe names layers \[3\] but the file has \[1\]"),
+    ({"layers": [1], "strength": 1.0, "speed": 2}, r"cv\.gguf: recipe has unknown field\(s\) \['speed'\]"),
+])
+def test_import_rejects_a_recipe_the_vector_cannot_follow(tmp_path: Path, recipe: dict[str, Any],
+                                                          message: str) -> None:
+    path = tmp_path / "cv.gguf"
+    write_gguf(path, {"direction.1": rand(1).numpy()}, **{"steerlab.metadata": json.dumps({"recipe": recipe})})
+    with pytest.raises(VectorFileError, match=message):
         import_gguf(path)

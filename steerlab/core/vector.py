@@ -369,13 +369,9 @@ class SteeringVector:
             layers[int(match[1])] = tensor
         try:
             vector = cls(layers, metadata)
-            recipe = vector.recipe
         except ConfigError as exc:
             raise VectorFileError(f"{path}: {exc}") from None
-        if recipe is not None and not set(recipe.layers) <= set(vector.layers):
-            raise VectorFileError(f"{path}: the recipe names layers {list(recipe.layers)} but the file has "
-                                  f"{list(vector.layers)}")
-        return vector
+        return checked_recipe(vector, path)
 
     def check_compatible(self, hidden_size: int, num_layers: int, model_name: str | None = None) -> None:
         """Raise VectorFileError unless the vector fits a model of this width and depth.
@@ -427,3 +423,16 @@ def _describe_type(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return _dtype_name(value.dtype)
     return type(value).__name__
+
+
+def checked_recipe(vector: SteeringVector, path: str | Path) -> SteeringVector:
+    """``vector``, read from ``path``, once its recorded recipe parses and names only layers it has: a file's bad
+    recipe is reported when the file is read, not when someone first steers with it."""
+    try:
+        recipe = vector.recipe
+    except ConfigError as exc:
+        raise VectorFileError(f"{path}: {exc}") from None
+    if recipe is not None and not set(recipe.layers) <= set(vector.layers):
+        raise VectorFileError(f"{path}: the recipe names layers {list(recipe.layers)} but the file has "
+                              f"{list(vector.layers)}")
+    return vector

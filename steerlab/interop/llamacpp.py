@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
-from steerlab.core.vector import SteeringVector, atomic_output
+from steerlab.core.vector import SteeringVector, atomic_output, checked_recipe
 from steerlab.errors import ConfigError, VectorFileError
 
 ARCHITECTURE = "controlvector"
@@ -133,9 +133,10 @@ def import_gguf(path: str | Path) -> SteeringVector:
         all(abs(float(torch.linalg.vector_norm(t)) - 1.0) < _UNIT_NORM_TOLERANCE for t in layers.values()),
     )
     try:
-        return SteeringVector(layers, metadata)
+        vector = SteeringVector(layers, metadata)
     except ConfigError as exc:
         raise VectorFileError(f"{p}: {exc}") from None
+    return checked_recipe(vector, p)
 
 
 def _string_field(reader: GGUFReader, key: str) -> str | None:
