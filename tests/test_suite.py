@@ -156,6 +156,8 @@ def test_the_spec_file_gives_the_grid_and_names_what_is_wrong(tmp_path: Path) ->
         "tasks: [a]\nseeds: -1\n": "field 'seeds': expected a count of seeds or a list of integers, got -1",
         "tasks: [a]\nmethods: [magic]\n": "unknown method(s) ['magic']",
         "methods: [caa]\n": "field 'tasks': the suite needs its tasks",
+        "tasks: [caa/refusal, caa_refusal]\n": "the suite's tasks 'caa/refusal' and 'caa_refusal' would share the unit "
+                                               "folder 'caa_refusal'",
         "tasks: [a\nseeds: 2\n": f"{path}:2: not valid YAML",
     }
     for text, message in cases.items():

@@ -82,6 +82,13 @@ class SuiteSpec:
                 raise ConfigError(f"the suite has no {name}")
             if len(set(values)) != len(values):
                 raise ConfigError(f"the suite's {name} repeat a value: {list(values)}")
+        for name in ("tasks", "models"):  # a unit's folder names them by slug
+            folders: dict[str, str] = {}
+            for value in getattr(self, name):
+                other = folders.setdefault(_slug(value), value)
+                if other != value:
+                    raise ConfigError(f"the suite's {name} {other!r} and {value!r} would share the unit folder "
+                                      f"{_slug(value)!r}: rename one of them")
         unknown = [m for m in self.methods if m not in PAS_METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(PAS_METHODS)}")
