@@ -31,6 +31,7 @@ from steerlab.conditional.reading import encode_prompt, read_prompts
 from steerlab.conditional.rules import check_rule
 from steerlab.conditional.scores import fit_platt, score
 from steerlab.conditional.search import metrics
+from steerlab.conditional.train import split_prompts
 from steerlab.core.hooks import steer
 from steerlab.core.vector import SteeringVector, write_steering_file
 from steerlab.data.prompts import PromptStyle
@@ -251,6 +252,13 @@ def test_train_condition_on_separable_prompts() -> None:
     reads = read_prompts(model, tok, ["w10 w11 w20 w10", "w60 w61 w70 w61"], condition.layers)
     assert condition.holds(reads).tolist() == [True, False]
     assert set(trained.validation_scores["positive"]) == {0, 1, 2}
+    # Repeats are kept once, so none sits in two splits: the same condition, from the same splits.
+    again = train_condition(model, tok, positive + positive[:6], negative[:1] + negative, name="tens",
+                            layers=[0, 1, 2], score_kind="probe").condition
+    assert again.report is not None and again.report.sizes == condition.report.sizes
+    assert again.layers == condition.layers and again.threshold == condition.threshold
+    with pytest.raises(ConfigError, match="the prompts repeat"):
+        split_prompts(positive + positive[:1], seed=0)
 
 
 # ------------------------------------------------------------------------------------------------- rules

@@ -54,7 +54,9 @@ class TrainedCondition:
 
 
 def split_prompts(prompts: Sequence[str], *, seed: int, fractions: tuple[float, float] = (0.5, 0.25)) -> Split:
-    """A seeded shuffle cut into train / validation / test (the rest)."""
+    """A seeded shuffle cut into train / validation / test (the rest); the prompts must be distinct."""
+    if len(set(prompts)) != len(prompts):
+        raise ConfigError("the prompts repeat: a repeated prompt could sit in two splits; keep each once")
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = [prompts[i] for i in order]
     n_train = round(len(shuffled) * fractions[0])
@@ -89,6 +91,8 @@ def train_condition(
     if method not in METHODS:
         raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     kind: Score = check_score(score_kind)
+    # A repeated prompt could land in train and test at once (builtin:medical repeats 56 questions).
+    positive, negative = list(dict.fromkeys(positive)), list(dict.fromkeys(negative))
     for side, prompts in (("positive", positive), ("negative", negative)):
         if len(prompts) < MIN_PER_SIDE:
             raise ConfigError(f"the {side} set has {len(prompts)} prompt(s); a condition needs at least "
