@@ -204,12 +204,14 @@ class _Trainable(nn.Module):
         return int(next(iter(self.z.values())).numel())
 
     def coefficients(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.relu(hidden @ self.w[str(layer)].to(hidden.dtype) + self.b[str(layer)].to(hidden.dtype))
+        # The parameters live on the CPU; each block's hidden state may sit on its own device (device_map).
+        like = {"device": hidden.device, "dtype": hidden.dtype}
+        return torch.relu(hidden @ self.w[str(layer)].to(**like) + self.b[str(layer)].to(**like))
 
     def delta(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         coefficient = self.coefficients(layer, hidden)
         self.last[layer] = coefficient
-        return coefficient.unsqueeze(-1) * self.z[str(layer)].to(hidden.dtype)
+        return coefficient.unsqueeze(-1) * self.z[str(layer)].to(device=hidden.device, dtype=hidden.dtype)
 
     def export(self, kind: str, metadata: dict[str, Any]) -> PSRModel:
         def table(params: nn.ParameterDict) -> dict[int, torch.Tensor]:
