@@ -27,7 +27,7 @@ from steerlab.suite.aggregate import aggregate
 from steerlab.suite.report import SUITE_JSON, SUITE_MD
 from steerlab.suite.run import run_suite
 from steerlab.suite.spec import SuiteSpec, Unit, load_spec
-from steerlab.suite.unit import is_finished, task_items, unit_folder
+from steerlab.suite.unit import execute_unit, is_finished, task_items, unit_folder
 
 WORDS = [f"w{i}" for i in range(11, 60)]
 RUN = RunConfig(methods=("caa",), layers=(0, 1), strengths=(0.5, 2.0), n_train=12, n_val=6, n_test=10,
@@ -109,6 +109,19 @@ def test_changed_settings_make_a_finished_unit_run_again(suite: tuple[SuiteSpec,
     assert is_finished(out, spec, unit)
     assert not is_finished(out, replace(spec, run=replace(RUN, n_test=8)), unit)
     assert not is_finished(out, replace(spec, dtype="bf16"), unit)
+
+
+def test_a_unit_run_again_keeps_no_file_of_its_earlier_run(suite: tuple[SuiteSpec, Path], tmp_path: Path) -> None:
+    spec, serial = suite
+    out = tmp_path / "again"
+    shutil.copytree(serial, out)
+    unit = spec.units()[0]
+    before = {p.name for p in unit_folder(out, unit).iterdir()}
+    assert {"report.json", "report.md", "vector.safetensors"} <= before
+    model, tokenizer = load_model(spec.models[0])
+    status = execute_unit(model, tokenizer, replace(spec, run=replace(RUN, n_test=10**6)), unit, out)
+    assert status.status == "failed" and status.error is not None
+    assert {p.name for p in unit_folder(out, unit).iterdir()} == {"unit.json", "error.json", ".steerlab-cache"}
 
 
 def test_a_killed_suite_resumes_without_recomputing_finished_units(suite: tuple[SuiteSpec, Path],

@@ -92,9 +92,11 @@ def execute_unit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: Sui
     """
     folder = unit_folder(out, unit)
     folder.mkdir(parents=True, exist_ok=True)
-    # A report or error left by other settings must not stand for this run's outcome.
-    for stale in (ERROR_JSON, REPORT_JSON):
-        (folder / stale).unlink(missing_ok=True)
+    # Files left by other settings (report, error, vector, plots) must not stand for this run's outcome; the run's
+    # store, a folder, stays: its keys decide what it may reuse.
+    for stale in folder.iterdir():
+        if stale.is_file():
+            stale.unlink()
     _write_json(folder / UNIT_JSON, {"unit": asdict(unit), "key": spec.unit_key(unit)})
     try:
         result = run_task(model, tokenizer, task_items(unit.task), spec.config(unit), out_dir=folder)
