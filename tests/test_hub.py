@@ -16,7 +16,7 @@ from steerlab import from_pretrained, save_pretrained, steer
 from steerlab.core.vector import SteeringVector
 from steerlab.errors import VectorFileError
 from steerlab.experiment.runner import run_task
-from steerlab.interop.hub import CARD_FILE, VECTOR_FILE, Effect
+from steerlab.interop.hub import CARD_FILE, VECTOR_FILE, Effect, model_card
 
 COMMAND = "steerlab run --task toy.jsonl --method caa --layers 0,1"
 
@@ -56,7 +56,11 @@ def test_the_card_states_the_recipe_the_effect_and_the_command(chosen: tuple[Ste
             / CARD_FILE).read_text()
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "steerlab" and "steering-vector" in front["tags"]
-    assert front["base_model"] == vector.metadata["model"]
+    assert vector.metadata["model"] == "LlamaForCausalLM" and "base_model" not in front  # a class name, no repo id
+    for model, base in (("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                        (str(tmp_path), None), ("/models/my: model", None)):
+        named = SteeringVector(dict(vector.layers), {**vector.metadata, "model": model})
+        assert yaml.safe_load(model_card(named).split("---\n")[1]).get("base_model") == base
     recipe = vector.recipe
     assert recipe is not None
     rows = dict(line.strip("| ").split(" | ", 1) for line in card.splitlines()

@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +70,9 @@ def with_provenance(vector: SteeringVector, effect: Effect | None = None,
     return SteeringVector(dict(vector.layers), metadata)
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def model_card(vector: SteeringVector, repo_id: str | None = None) -> str:
     """The README.md of a Hub folder, from the vector's metadata: front matter, facts, how to use it."""
     meta = vector.metadata
@@ -75,8 +80,8 @@ def model_card(vector: SteeringVector, repo_id: str | None = None) -> str:
     recipe = vector.recipe
     layers = list(recipe.layers) if recipe is not None else list(vector.layers)
     front = ["---", "library_name: steerlab", "tags:", "- steerlab", "- steering-vector", "- activation-steering"]
-    if isinstance(model, str) and model:
-        front.append(f"base_model: {model}")
+    if isinstance(model, str) and _HUB_ID.fullmatch(model) and not Path(model).exists():
+        front.append(f"base_model: {json.dumps(model)}")  # the Hub links a repo id only: not a folder or a class
     front.append("---")
     task, method = meta.get("task"), meta.get("method")
     title = " / ".join(str(x) for x in (task, method) if x) or "steering vector"
