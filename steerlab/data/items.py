@@ -310,6 +310,10 @@ def _resolve_answer(value: Any, choices: Sequence[str], labels: Sequence[str] | 
     if labels is not None and text in labels:
         return labels.index(text)
     if text in choices:
+        if text.isdecimal() and int(text) < len(choices) and int(text) != choices.index(text):
+            raise ValueError(f"answer {value!r} is the text of choice {choices.index(text)} and also the index "
+                             f"{int(text)}: give it as a letter ({chr(65 + choices.index(text))} for the text) "
+                             "or as a JSON integer index")
         return choices.index(text)
     letter = _LETTER.fullmatch(text)
     if letter is not None:
@@ -417,6 +421,7 @@ def load_items(source: str | Path, *, fields: FieldMap = FieldMap(), split: str 
         records = _csv_records(path) if path.suffix.lower() == ".csv" else _json_records(path)
     items: list[MCItem] = []
     first_seen: dict[str, _Origin] = {}
+    asked: dict[tuple[str, str | None, tuple[str, ...]], _Origin] = {}
     for origin, record in records:
         try:
             item = _item(record, fields, f"{stem}:{origin[2]}")
@@ -425,7 +430,12 @@ def load_items(source: str | Path, *, fields: FieldMap = FieldMap(), split: str 
         if item.id in first_seen:
             also = _place(first_seen[item.id])
             raise _located(origin, fields.id, f"duplicate id {item.id!r} (also on {also})")
+        question = (item.question, item.context, item.choices)
+        if question in asked:  # the two copies could land in train and test: the test would score training data
+            raise _located(origin, fields.question, f"the same question, context and choices as on "
+                                                    f"{_place(asked[question])}: keep each question once")
         first_seen[item.id] = origin
+        asked[question] = origin
         items.append(item)
     if not items:
         raise DataError("no items found", path=str(source))
