@@ -132,3 +132,18 @@ def test_tasks_lists_the_built_in_tasks(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["tasks", "--json"]) == 0
     tasks = {t["name"]: t["size"] for t in json.loads(capsys.readouterr().out)}
     assert tasks["caa/survival-instinct"] == 953 and tasks["bbq"] == 1012 and tasks["mmlu"] == 2842
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["run", "--layers", "12-8"], "argument --layers: the range 12-8 runs backwards: write 8-12"),
+    (["run", "--strengths", "1,nan"], "argument --strengths: expected finite numbers, got '1,nan'"),
+    (["run", "--strengths", "inf"], "argument --strengths: expected finite numbers, got 'inf'"),
+    (["condition", "train", "--positive", "a", "--negative", "b", "--out", "c", "--limit", "-1"],
+     "argument --limit: expected a count of at least 1, got -1"),  # it cut the last prompt of each set
+    (["suite", "--tasks", "a", "--workers", "0"], "argument --workers: expected a count of at least 1, got 0"),
+])
+def test_list_flags_refuse_what_they_cannot_mean(argv: list[str], expected: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err

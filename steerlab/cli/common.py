@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ def ints(text: str) -> tuple[int, ...]:
                 continue
             low, dash, high = part.partition("-")
             if dash and low:
+                if int(high) < int(low):
+                    raise argparse.ArgumentTypeError(f"the range {part} runs backwards: write {high}-{low}")
                 values.extend(range(int(low), int(high) + 1))
             else:
                 values.append(int(part))
@@ -44,6 +47,17 @@ RETAIN_HELP = ("what the chosen steering costs: N items (default 100) of a built
                "(default mmlu) unsteered vs steered, and KL / perplexity on neutral requests")
 
 
+def count(text: str) -> int:
+    """A count of at least 1: ``--limit -1`` would otherwise drop the last prompt, ``--batch-size 0`` hang."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count of at least 1, got {value}")
+    return value
+
+
 def floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
@@ -51,6 +65,8 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected numbers like -4,4 or 0.5,1,2, got '{text}'") from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got '{text}'")
     return values
 
 

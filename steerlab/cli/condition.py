@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steerlab.cli.common import Bars, add_common, ints, load_model_from_args, note, prompt_style
+from steerlab.cli.common import Bars, add_common, count, ints, load_model_from_args, note, prompt_style
 from steerlab.core.positions import POSITIONS
 from steerlab.errors import ConfigError, VectorFileError
 
@@ -193,9 +193,9 @@ def register(sub: Any) -> None:
     p.add_argument("--method", choices=("mean-diff", "pca", "probe"), default="mean-diff")
     p.add_argument("--score", choices=("cosine", "cast", "probe"), default="cosine")
     p.add_argument("--max-layers", type=int, default=1, help="largest layer set tried (any layer may fire)")
-    p.add_argument("--limit", type=int, help="use only the first N prompts of each set")
+    p.add_argument("--limit", type=count, help="use only the first N prompts of each set")
     p.add_argument("--seed", type=int, default=0, help="seed of the train / validation / test split")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count, default=16)
     p.add_argument("--plot", help="PNG of the validation score distributions (default: OUT with .scores.png)")
     p.add_argument("--out", required=True)
     add_common(p)
@@ -206,8 +206,8 @@ def register(sub: Any) -> None:
     p.add_argument("--positive", required=True)
     p.add_argument("--negative", required=True)
     p.add_argument("--name", help="only this condition of the file")
-    p.add_argument("--limit", type=int, help="use only the first N prompts of each set")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=count, help="use only the first N prompts of each set")
+    p.add_argument("--batch-size", type=count, default=16)
     add_common(p)
     p.set_defaults(func=cmd_eval)
 

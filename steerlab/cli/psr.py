@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_args
+from steerlab.cli.common import Bars, add_common, count, floats, ints, load_model_from_args
 from steerlab.errors import ConfigError
 
 if TYPE_CHECKING:  # the command imports torch and the PSR modules only when it runs
@@ -46,9 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--val-prompts", type=int, help="validation prompts, where alpha is chosen (default: 20%% of the prompts)"
     )
     p.add_argument("--test-prompts", type=int, help="test prompts, the ones reported (default: 25%% of the prompts)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--max-new-tokens", type=count, default=48)
+    p.add_argument("--batch-size", type=count, default=8)
+    p.add_argument("--threads", type=count, help="torch CPU threads")
     add_common(p, chat=False)
 
 
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         "train", help="record what an instruction does and fit a PSR model or the constant vector"
     )
     _common(p)
-    p.add_argument("--n-prompts", type=int, help="learn from at most this many of the training prompts")
+    p.add_argument("--n-prompts", type=count, help="learn from at most this many of the training prompts")
     p.add_argument("--kind", choices=("constant", "s-psr", "a-psr"), default="s-psr")
     p.add_argument("--objective", choices=("mse", "likelihood"), default="mse")
     p.add_argument(
@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
         type=ints,
         help="layers to steer (default: 40%% depth for s-psr/constant, every depth/10-th for a-psr)",
     )
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=count)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--hinge-weight", type=float, default=1.0)
     p.add_argument("--hinge-margin", type=float, default=1.0, help="floor under each layer's mean coefficient")

@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steerlab.cli.common import RETAIN_HELP, Bars, add_common, floats, ints, load_model_from_args, retain_settings
+from steerlab.cli.common import (
+    RETAIN_HELP,
+    Bars,
+    add_common,
+    count,
+    floats,
+    ints,
+    load_model_from_args,
+    retain_settings,
+)
 from steerlab.errors import ConfigError
 
 
@@ -130,7 +139,7 @@ def register(sub: Any) -> None:
     p.add_argument("--n-val", type=int, default=32, help="validation items for the sweep (default 32)")
     p.add_argument("--n-test", type=_count_or_all, default=64,
                    help="held-out test items (default 64), or all: every item not used for training or validation")
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--seeds", type=count, default=1,
                    help="re-splits of the items; intervals bootstrap over seeds and items")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scoring", choices=("auto", "letters", "likelihood"), default="auto")
@@ -138,7 +147,7 @@ def register(sub: Any) -> None:
     p.add_argument("--positions", help="positions to search, a comma list of last_prompt, answer, prompt, turn, "
                                         "all (default last_prompt,answer,turn)")
     p.add_argument("--icl-k", type=int, default=4, help="in-context examples for the ICL controls")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=count, default=8)
     p.add_argument("--retain", nargs="?", const="mmlu", metavar="TASK[:N]", help=RETAIN_HELP)
     p.add_argument("--compare", choices=("sft",),
                    help="sft: also train a LoRA adapter (PEFT) on the same training split, rate and epochs chosen on "

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from steerlab.cli.common import add_common, load_model_from_args, note
+from steerlab.cli.common import add_common, count, load_model_from_args, note
 from steerlab.errors import ConfigError
 
 KEY_ENV = "STEERLAB_API_KEY"
@@ -76,15 +76,15 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${KEY_ENV})")
     p.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
-    p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
+    p.add_argument("--max-batch", type=count, default=32, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot; beyond, 429")
-    p.add_argument("--max-tokens", type=int, default=512, help="output tokens per request")
-    p.add_argument("--max-prompt-tokens", type=int, default=2048)
-    p.add_argument("--max-vectors", type=int, default=4, help="steering items per request")
+    p.add_argument("--max-tokens", type=count, default=512, help="output tokens per request")
+    p.add_argument("--max-prompt-tokens", type=count, default=2048)
+    p.add_argument("--max-vectors", type=count, default=4, help="steering items per request")
     p.add_argument("--max-strength", type=float, default=20.0, help="largest |strength| a request may ask")
-    p.add_argument("--max-body-bytes", type=int, default=256 * 1024)
+    p.add_argument("--max-body-bytes", type=count, default=256 * 1024)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
-    p.add_argument("--replicas", type=int, help="serve from N Ray Serve replicas, each its own model copy and "
+    p.add_argument("--replicas", type=count, help="serve from N Ray Serve replicas, each its own model copy and "
                                                "batcher (local Ray unless --address)")
     p.add_argument("--address", help="a Ray cluster to deploy the replicas on (e.g. ray://head:10001)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved by each replica")

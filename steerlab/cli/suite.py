@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from steerlab.cli.common import RETAIN_HELP, Bars, add_device_flags, floats, ints, note, retain_settings
+from steerlab.cli.common import RETAIN_HELP, Bars, add_device_flags, count, floats, ints, note, retain_settings
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -102,7 +102,7 @@ def register(sub: Any) -> None:
                    help="comma list of hub ids, model folders or .gguf files; 'embedded' is the default model")
     p.add_argument("--methods", type=_names, help="comma list of pas-full, ipas-all, ipas-wo, caa, or all "
                                                   "(default ipas-wo)")
-    p.add_argument("--seeds", type=int, help="seeds per (model, task, method), from --seed (default 1)")
+    p.add_argument("--seeds", type=count, help="seeds per (model, task, method), from --seed (default 1)")
     p.add_argument("--seed", type=int, default=0)
     for name, kind in _RUN_FLAGS.items():
         flag = "--" + name.replace("_", "-")
@@ -111,11 +111,11 @@ def register(sub: Any) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not apply the models' chat templates")
     p.add_argument("--out", default="steerlab-suite", help="output folder (default steerlab-suite); re-running "
                                                             "resumes, skipping finished units")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=count, default=1,
                    help="model replicas running at once (default 1: serial, no Ray); above 1 runs on Ray")
     p.add_argument("--address", help="join a running Ray cluster (host:port, ray://host:port or auto) instead of "
                                      "starting a local one")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (and torch threads) per replica")
+    p.add_argument("--cpus-per-worker", type=count, default=1, help="CPUs (and torch threads) per replica")
     p.add_argument("--gpus-per-worker", type=float, default=0,
                    help="GPUs per replica; 1 puts it on cuda, more spreads it with --device-map auto")
     add_device_flags(p)

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from steerlab.cli.common import Bars, add_common, floats, ints, load_model_from_args, note, prompt_style
+from steerlab.cli.common import Bars, add_common, count, floats, ints, load_model_from_args, note, prompt_style
 from steerlab.core.positions import POSITIONS
 from steerlab.errors import ConfigError
 
@@ -163,7 +163,7 @@ def register(sub: Any) -> None:
     p.add_argument("--token", default="diff", help="diff (first differing token, CAA), answer, last, mean, "
                                                    "or an integer index")
     p.add_argument("--system", help="system prompt for chat-formatted pairs")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count, default=16)
     p.add_argument("--out", required=True)
     add_common(p)
     p.set_defaults(func=cmd_train)
@@ -175,7 +175,7 @@ def register(sub: Any) -> None:
                    help="one or more strengths, e.g. --strength=-1,1 (default: the file's recipe, else 1)")
     p.add_argument("--layers", type=ints, help="steer only these layers of the file")
     p.add_argument("--positions", choices=POSITIONS, help="steered positions (default: the file's recipe, else all)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=count, default=64)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
