@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 
 from steerlab.core.hooks import steer
 from steerlab.core.vector import SteeringVector
-from steerlab.data.items import MCItem
+from steerlab.data.items import MCItem, shuffle_choices, split_items
 from steerlab.data.prompts import PromptStyle, encode, encode_continuation, lettered_prompt, question_text
 from steerlab.errors import ConfigError
 from steerlab.experiment import runner
@@ -400,6 +401,15 @@ def test_a_method_whose_vector_is_zero_is_skipped_with_the_reason_and_the_others
     report = result.report
     assert set(report.methods) == {"caa"} and set(result.vectors) == {"caa"}
     assert len(report.methods["caa"].seeds) == 2
+    # The answer controls pool both seeds' test splits, as the accuracies beside them average both seeds.
+    tests = [i for seed in (0, 1) for i in split_items([shuffle_choices(i, seed) for i in items], 12, 6, 10, seed).test]
+    assert len({i.id for i in tests}) > 10  # the two test splits differ
+    answers = Counter(i.answer for i in tests)
+    best = min(answers, key=lambda k: (-answers[k], k))
+    assert report.controls["constant_letter"] == {"letter": "AB"[best], "accuracy": answers[best] / 20}
+    assert report.letters["correct"] == {"A": answers[0], "B": answers[1]}
+    assert sum(report.letters["predicted_baseline"].values()) == 20
+    assert report.controls["shortest_answer"] == {"accuracy": answers[0] / 20}  # two-word choices: ties pick A
     assert report.skipped["pas-full"] == (  # named by the first seed it failed on
         "seed 0: pas-full's vector is zero at layer(s) 0, 1: its positive and negative prompts gave the same "
         "activations; under choice likelihood pas-full reads the question alone, which is the same for every item "

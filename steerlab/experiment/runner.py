@@ -491,21 +491,22 @@ class _Runner:
     def report(self, check: dict[str, Any], scoring: str, rows: list[_Seed], results: dict[str, MethodResult],
                skipped: dict[str, str], best: str) -> RunReport:
         c = self.config
-        first = rows[0]
-        test0 = first.splits.test
+        # Every seed's test split, pooled (equal sizes): the controls match the seed-averaged accuracies above them.
+        tests = [item for r in rows for item in r.splits.test]
         icl = paired_bootstrap([[a - b for a, b in zip(r.icl, r.test_baseline, strict=True)] for r in rows])
         controls: dict[str, Any] = {
-            "constant_letter": constant_letter(test0),
+            "constant_letter": constant_letter(tests),
             "icl": {"k": c.icl_k, "test_accuracy": mean([mean(r.icl) for r in rows]), **asdict(icl)},
         }
         if scoring == "likelihood":
-            scored = self.scored(test0, self.fmt(scoring))
+            scored = self.scored(tests, self.fmt(scoring))
             lengths = [[len(chunk) - 1 - start for chunk, start in zip(s.chunks, s.score_from, strict=True)]
                        for s in scored]
-            controls["shortest_answer"] = shortest_answer(lengths, test0)
-        width = max(len(i.choices) for i in test0)
-        letters = {"correct": letter_counts([i.answer for i in test0], width),
-                   "predicted_baseline": letter_counts(argmax_choices(first.baseline["test"]), width)}
+            controls["shortest_answer"] = shortest_answer(lengths, tests)
+        width = max(len(i.choices) for i in tests)
+        predicted = [k for r in rows for k in argmax_choices(r.baseline["test"])]
+        letters = {"correct": letter_counts([i.answer for i in tests], width),
+                   "predicted_baseline": letter_counts(predicted, width)}
         # Phase times are stored with their results, so a resumed run reports the same numbers.
         self.timings["total"] = sum(self.timings.values())
         return RunReport(
