@@ -20,7 +20,7 @@ from steerlab.core.hooks import steer
 from steerlab.core.vector import SteeringVector
 from steerlab.data.items import MCItem, shuffle_choices, split_items
 from steerlab.data.prompts import PromptStyle, encode, encode_continuation, lettered_prompt, question_text
-from steerlab.errors import ConfigError
+from steerlab.errors import ConfigError, DataError
 from steerlab.experiment import runner
 from steerlab.experiment.config import RunConfig, default_sweep_layers
 from steerlab.experiment.report import render_markdown
@@ -99,6 +99,16 @@ def test_default_layers_lie_in_the_middle_of_any_depth() -> None:
     for depth in range(1, 100):
         layers = default_sweep_layers(depth)
         assert 1 <= len(layers) <= 8 and all(0 <= layer < depth for layer in layers), depth
+
+
+def test_a_damaged_store_entry_is_named_not_a_traceback(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.json("k", lambda: [1, 2])[0] == [1, 2]
+    assert store.json("k", lambda: [3])[0] == [1, 2]  # kept, not computed again
+    (tmp_path / "k.json").write_text('{"value": [1, 2], "seco')
+    with pytest.raises(DataError, match=rf"{tmp_path / 'k.json'}: unreadable store entry \(JSONDecodeError: .*\); "
+                                        r"delete the file and the run computes it again"):
+        store.json("k", lambda: [3])
 
 
 def test_verdicts() -> None:

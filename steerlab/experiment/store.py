@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from steerlab.core.vector import SteeringVector, atomic_output
+from steerlab.errors import DataError
 
 T = TypeVar("T")
 
@@ -37,8 +38,12 @@ class Store:
         """The stored value of ``key`` and the seconds it took when first computed, computing it if absent."""
         path = self._path(key, ".json")
         if path is not None and path.exists():
-            entry = json.loads(path.read_text())
-            return entry["value"], float(entry["seconds"])
+            try:
+                entry = json.loads(path.read_text("utf-8"))
+                return entry["value"], float(entry["seconds"])
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:  # edited or damaged by hand
+                raise DataError(f"unreadable store entry ({type(exc).__name__}: {exc}); delete the file and the "
+                                "run computes it again", path=path) from None
         start = time.perf_counter()
         value = compute()
         seconds = time.perf_counter() - start
