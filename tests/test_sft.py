@@ -147,3 +147,17 @@ def test_cli_retain_and_compare_write_the_report_adapter_and_vector(tmp_path: Pa
     assert "## Retention" in (out / "report.md").read_text()
     assert main([*common, "--retain", str(data)]) == 2  # retention on the task the steering was selected on
     assert "retention is measured on a task the steering was not selected on" in capsys.readouterr().err
+
+
+def test_the_side_by_side_text_names_the_runs_own_seeds() -> None:
+    from steerlab.experiment.compare import markdown
+
+    estimate = {"value": 0.1, "low": None, "high": None}
+    arm = {"name": "pas", "test_accuracy": estimate, "delta": estimate, "seconds": 1.0, "bytes_stored": 10}
+    point = {"method": "caa", "layers": [1], "strength": 2.0, "positions": "answer", "verdict": "directional",
+             "delta_vs_lora": estimate}
+    text = markdown({"arms": [arm], "pas_minus_lora": estimate,
+                     "lora": [{"learning_rate": 1e-3, "epochs": 2, "val_accuracy": 0.5}] * 2,
+                     "pas_on_lora": [{**point, "seed": 5}, {**point, "seed": 6}]})  # --seed 5 --seeds 2
+    assert "LoRA chosen on validation: seed 5: rate 0.001, 2 epoch(s), validation 0.500; seed 6: rate" in text
+    assert "PAS on top of LoRA: seed 5: caa at layers [1]" in text

@@ -193,8 +193,10 @@ def markdown(summary: dict[str, Any]) -> str:
     rows = [f"| {a['name']} | {a['test_accuracy']['value']:.3f} [{a['test_accuracy']['low'] or 0:.3f}, "
             f"{a['test_accuracy']['high'] or 0:.3f}] | {interval(a['delta'])} | {a['seconds']:.1f} | "
             f"{a['bytes_stored']:,} |" for a in summary["arms"]]
-    chosen = "; ".join(f"seed {s}: rate {r['learning_rate']:g}, {r['epochs']} epoch(s), validation "
-                       f"{r['val_accuracy']:.3f}" for s, r in enumerate(summary["lora"]))
+    # Both lists run over the run's seeds in order; pas_on_lora records each seed (with --seed 5, 5 and 6).
+    chosen = "; ".join(f"seed {p['seed']}: rate {r['learning_rate']:g}, {r['epochs']} epoch(s), validation "
+                       f"{r['val_accuracy']:.3f}" for p, r in zip(summary["pas_on_lora"], summary["lora"],
+                                                                  strict=True))
     top = "; ".join(f"seed {p['seed']}: {p['method']} at layers {p['layers']}, strength {p['strength']:g}, "
                     f"{p['positions']}: {p['verdict']} ({interval(p['delta_vs_lora'])} vs LoRA)"
                     for p in summary["pas_on_lora"])
