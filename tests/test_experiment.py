@@ -330,6 +330,8 @@ def test_vectors_from_the_first_n_training_items_keep_the_splits(
     assert float(torch.nn.functional.cosine_similarity(got, expected, dim=0)) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ConfigError, match="vector_items must be between 1 and n_train"):
         small_config(vector_items=13)
+    with pytest.raises(ConfigError, match=r"icl_k \(in-context examples\) must be 0 or more, got -1"):
+        small_config(icl_k=-1)
 
 
 def test_a_layer_set_is_reported_beside_the_single_layer_point_and_replays(

@@ -96,6 +96,8 @@ class RunConfig:
         if self.retain is not None and self.retain == self.task:
             raise ConfigError(f"--retain {self.retain}: retention is measured on a task the steering was not "
                               "selected on; choose another task (default mmlu)")
+        if self.icl_k < 0:
+            raise ConfigError(f"icl_k (in-context examples) must be 0 or more, got {self.icl_k}")
         for count in ("n_train", "n_val", "n_test", "seeds", "batch_size", "max_layers", "retain_n"):
             if getattr(self, count) is not None and getattr(self, count) < 1:
                 raise ConfigError(f"{count} must be at least 1, got {getattr(self, count)}")
