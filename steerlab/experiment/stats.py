@@ -3,13 +3,11 @@ constant-answer controls."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from steerlab.data.items import MCItem
 from steerlab.data.prompts import LETTERS
@@ -22,24 +20,6 @@ def correctness(predicted: Sequence[int], items: Sequence[MCItem]) -> list[float
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float | None, float | None]:
-    """Two-sided t-interval of the mean; (None, None) when it cannot be computed (fewer than two values)."""
-    n = len(values)
-    if n < 2:
-        return None, None
-    centre = mean(values)
-    spread = math.sqrt(sum((v - centre) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * spread / math.sqrt(n)
-    return centre - half, centre + half
-
-
-def paired_delta(steered: Sequence[float], baseline: Sequence[float]) -> dict[str, object]:
-    """Mean of per-item differences (steered - baseline correctness) with its paired 95% t-interval."""
-    differences = [s - b for s, b in zip(steered, baseline, strict=True)]
-    low, high = t_interval(differences)
-    return {"delta": mean(differences), "delta_ci95": [low, high]}
 
 
 def letter_counts(indices: Sequence[int], width: int) -> dict[str, int]:
