@@ -8,7 +8,7 @@ from typing import Any, Literal
 from steerlab.core.positions import Positions
 from steerlab.experiment.compare import SFTComparison
 from steerlab.experiment.retention import Retention
-from steerlab.experiment.stats import Estimate
+from steerlab.experiment.stats import Estimate, mean
 
 Verdict = Literal["directional", "disruption only", "no change", "harmful"]
 
@@ -87,10 +87,6 @@ class SeedOutcome:
         return [sum(column) / len(column) for column in zip(*self.random, strict=True)]
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
 @dataclass(frozen=True)
 class MethodResult:
     """One method over all seeds: intervals from the paired two-level bootstrap, the verdict, the first sweep."""
@@ -112,9 +108,9 @@ class MethodResult:
     multi_layer: bool = False  # a layer set grown from the method's single-layer point (``sweep``: the sets tried)
 
     def summary(self) -> dict[str, Any]:
-        test = {name: _mean([_mean(getattr(s, name)) for s in self.seeds]) for name in ("baseline", "steered",
+        test = {name: mean([mean(getattr(s, name)) for s in self.seeds]) for name in ("baseline", "steered",
                                                                                          "negated")}
-        test["random"] = _mean([_mean(s.random_mean) for s in self.seeds])
+        test["random"] = mean([mean(s.random_mean) for s in self.seeds])
         return {
             "method": self.method,
             "multi_layer": self.multi_layer,
@@ -127,7 +123,7 @@ class MethodResult:
             "random_delta": asdict(self.random_delta),
             "rank": self.rank,
             "random_directions": self.random_directions,
-            "random_accuracies": [_mean([_mean(s.random[k]) for s in self.seeds])
+            "random_accuracies": [mean([mean(s.random[k]) for s in self.seeds])
                                   for k in range(self.random_directions)],
             "p_value": self.p_value,
             "selection_score": self.selection_score,
@@ -138,8 +134,8 @@ class MethodResult:
                  "strength": s.strength,
                  "added_norm": s.added_norm, "val_baseline": s.val_baseline,
                  "val_accuracy_optimistic": s.val_accuracy, "val_negated": s.val_negated,
-                 "test_baseline": _mean(s.baseline), "test_steered": _mean(s.steered),
-                 "test_negated": _mean(s.negated), "test_random_mean": _mean(s.random_mean),
+                 "test_baseline": mean(s.baseline), "test_steered": mean(s.steered),
+                 "test_negated": mean(s.negated), "test_random_mean": mean(s.random_mean),
                  "rank": s.rank, "p_value": s.p_value}
                 for s in self.seeds],
             "sweep": [{**asdict(c), "added_layers": list(c.added_layers), "gain": c.gain} for c in self.sweep],

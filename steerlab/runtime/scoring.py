@@ -122,6 +122,14 @@ def letter_logprobs(
     return torch.cat(out)
 
 
-def restrict_to_letters(logits: torch.Tensor, letter_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+def restrict_to_letters(logits: torch.Tensor, letter_ids: Sequence[Sequence[int]],
+                        choices: Sequence[int] | None = None) -> torch.Tensor:
+    """(rows, letters) log-probabilities: each letter the logsumexp of its tokens' logits, renormalised over the
+    letters; with ``choices``, row k over its first ``choices[k]`` letters only (the rest -inf)."""
     per_letter = torch.stack([torch.logsumexp(logits[..., list(ids)], dim=-1) for ids in letter_ids], dim=-1)
+    if choices is not None:
+        width = per_letter.shape[-1]
+        beyond = (torch.arange(width, device=logits.device)
+                  >= torch.tensor(list(choices), device=logits.device)[:, None])
+        per_letter = per_letter.masked_fill(beyond, float("-inf"))
     return torch.log_softmax(per_letter, dim=-1)

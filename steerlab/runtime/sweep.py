@@ -41,6 +41,7 @@ from steerlab.runtime.replay import (
     side_by_side_to_stacked,
     stacked_to_side_by_side,
 )
+from steerlab.runtime.scoring import restrict_to_letters
 
 SHARED_MIN_TOKENS = 32  # a common prefix at least this long is computed once for all items
 # Copies of a chunk go side by side when together at most this many times as long as the cached prompt: beyond, the
@@ -104,12 +105,8 @@ def _scores(model: nn.Module, hidden: torch.Tensor, rows: Sequence[tuple[int, ..
         flat = sorted({i for ids in scorer.letter_ids for i in ids})
         logits = final_logits(model, picked[:, None], torch.tensor(flat, device=hidden.device))[:, 0].float()
         column = {token: k for k, token in enumerate(flat)}
-        per_letter = torch.stack(
-            [torch.logsumexp(logits[:, [column[t] for t in ids]], dim=-1) for ids in scorer.letter_ids], dim=-1)
-        width = per_letter.shape[1]
-        counts = [width if n is None else n for n in choices]
-        beyond = torch.arange(width, device=hidden.device) >= torch.tensor(counts, device=hidden.device)[:, None]
-        scores = torch.log_softmax(per_letter.masked_fill(beyond, float("-inf")), dim=-1)
+        counts = [len(scorer.letter_ids) if n is None else n for n in choices]
+        scores = restrict_to_letters(logits, [[column[t] for t in ids] for ids in scorer.letter_ids], counts)
         return [list(map(float, row[:n])) for row, n in zip(scores, counts, strict=True)]
     # Logits only where a choice token is predicted: the unembedding is the costliest matrix of a small model.
     where = [(k, p) for k, (row, begin) in enumerate(zip(rows, starts, strict=True))
