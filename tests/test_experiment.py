@@ -140,6 +140,10 @@ def test_paired_bootstrap_matches_the_normal_interval_and_is_deterministic() -> 
     assert (one.low, one.high) == (0.5, 0.5)
     both = paired_bootstrap([[0.5] * 50, [0.0] * 50])
     assert both.value == 0.25 and both.low == 0.0 and both.high == 0.5
+    # Two seeds with the same items: every drawn slot is its own item resample, so the interval is the one-seed
+    # interval over sqrt(2) (a seed drawn twice and reused would give sqrt(3/4) of it).
+    twice = paired_bootstrap([differences, differences])
+    assert (twice.high - twice.low) == pytest.approx((estimate.high - estimate.low) / math.sqrt(2), rel=0.05)
 
 
 # PAS vectors against a hand computation

@@ -81,10 +81,14 @@ def paired_bootstrap(differences: Sequence[Sequence[float]], *, draws: int = BOO
     if all(len(d) < 2 for d in per_seed) and len(per_seed) < 2:
         return Estimate(value, None, None)
     rng = np.random.default_rng(seed)
-    # Each seed's bootstrap means, then seeds drawn with replacement for every draw.
-    means = np.stack([d[rng.integers(0, len(d), size=(draws, len(d)))].mean(axis=1) for d in per_seed])
+    # Seeds drawn with replacement for every draw, then each drawn slot's items resampled on their own: a seed
+    # drawn twice in one draw counts as two resamples, not one resample twice.
     picked = rng.integers(0, len(per_seed), size=(draws, len(per_seed)))
-    totals = means[picked, np.arange(draws)[:, None]].mean(axis=1)
+    slots = np.empty(picked.shape)
+    for s, d in enumerate(per_seed):
+        where = picked == s
+        slots[where] = d[rng.integers(0, len(d), size=(int(where.sum()), len(d)))].mean(axis=1)
+    totals = slots.mean(axis=1)
     low, high = np.percentile(totals, [2.5, 97.5])
     return Estimate(value, float(low), float(high))
 
