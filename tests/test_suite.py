@@ -189,6 +189,11 @@ def test_an_unreachable_ray_address_is_one_clear_error(tmp_path: Path, capsys: p
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith(f"steerlab suite: error: cannot reach the Ray cluster at {address}: ")
     assert not (tmp_path / "units").exists()
+    # The server's replicas join Ray the same way.
+    code = main(["serve", "--vectors", str(tmp_path), "--address", address, "-q"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == [lines[0]]
+    assert lines[0].startswith(f"steerlab serve: error: cannot reach the Ray cluster at {address}: ")
 
 
 def test_retention_flags_reach_every_unit_and_the_cells_pool_it(suite: tuple[SuiteSpec, Path], tmp_path: Path,

@@ -9,6 +9,7 @@ Example::
 
     from steerlab.serve.replicas import start_replicas
     from steerlab.serve.settings import ServeSettings
+from steerlab.suite.ray_pool import connect
     url = start_replicas(None, "vectors/", ServeSettings(model_id="smollm2"), replicas=2, port=8000)
     ...                                   # OpenAI clients on url + "/v1"
     stop_replicas()
@@ -17,13 +18,14 @@ Example::
 from __future__ import annotations
 
 import importlib.util
-import os
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from steerlab.errors import ConfigError
 from steerlab.serve.settings import ServeSettings
+from steerlab.suite.ray_pool import connect
 
 INSTALL = "pip install 'steerlab[ray]'"
 APP_NAME = "steerlab"
@@ -62,15 +64,8 @@ def start_replicas(model: str | None, vectors: str | Path, settings: ServeSettin
     import ray
     from ray import serve
 
-    if not ray.is_initialized():
-        try:
-            if address is None:
-                ray.init(num_cpus=max(os.cpu_count() or 1, int(replicas * cpus_per_replica + 0.999)),
-                         include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
-            raise ConfigError(f"cannot start Ray{'' if address is None else f' at {address}'}: {exc}") from None
+    # As a suite joins Ray: an unreachable --address is one clear error at once, not a hang.
+    connect(ray, address, math.ceil(replicas * cpus_per_replica))
     serve.start(http_options={"host": host, "port": port})
     builder = _app_builder(model, str(folder), settings, max(1, int(cpus_per_replica)))
 
