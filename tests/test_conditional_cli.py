@@ -103,6 +103,11 @@ def test_combine_then_generate_with_the_program(trained: Path, model_dir: Path, 
     assert rows[0]["conditional"] == generate(model, tok, ["w60 w61 w90 w61"], steering=vector, strength=-2.0,
                                               max_new_tokens=4)[0]
     assert rows[0]["conditional"] != rows[0]["unsteered"]
+    # Behaviours with no rule to apply them would make a program that never steers: refused, nothing written.
+    assert main(["condition", "combine", "--condition", str(trained), "--behaviour",
+                 f"push={tmp_path / 'v.safetensors'}", "--out", str(tmp_path / "never.safetensors")]) == 2
+    assert "--behaviour needs a --rule that applies it" in capsys.readouterr().err
+    assert not (tmp_path / "never.safetensors").exists()
 
 
 @pytest.mark.parametrize(("case", "expected"), [

@@ -118,6 +118,9 @@ def cmd_combine(args: argparse.Namespace) -> int:
     from steerlab.conditional.program import Behaviour, ConditionalProgram
     from steerlab.conditional.rules import parse_rule
 
+    if args.behaviour and not args.rule:
+        raise ConfigError("--behaviour needs a --rule that applies it (e.g. --rule \"if harmful then refusal\"): "
+                          "without one the program never steers")
     programs = [ConditionalProgram.load(path) for path in args.condition]
     behaviours = []
     for name, path, strength in args.behaviour:
