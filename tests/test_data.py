@@ -277,6 +277,8 @@ def test_items_errors(tmp_path: Path, records: list[object], match: str) -> None
     ("mc.csv", "question,A,B,C,answer\nQ,x,,y,A\n", r"mc\.csv:2, field 'choices': choice 1 is empty"),
     ("mc.csv", "question,answer\nQ,A\n", r"mc\.csv:2, field 'choices': missing field"),
     ("mc.csv", "question,A,B,answer\nQ,x,y,E\n", r"mc\.csv:2, field 'answer': answer 'E' is not among"),
+    ("mc.csv", "question,A,B,answer\nQ,x,y,A\nWho, me?,x,y,A\n",
+     r"mc\.csv:3: 1 cell\(s\) beyond the header's 4 columns, from 'A' \(an unquoted comma\?\)"),
 ])
 def test_items_file_errors(tmp_path: Path, name: str, text: str, match: str) -> None:
     with pytest.raises(DataError, match=match):

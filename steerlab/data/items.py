@@ -147,7 +147,11 @@ def _json_records(path: Path) -> Iterator[tuple[_Origin, Any]]:
 def _csv_records(path: Path) -> Iterator[tuple[_Origin, Any]]:
     rows = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     for row in rows:
-        # Short rows give None for missing cells, long rows put the surplus under the key None.
+        # Short rows give None for missing cells (fewer choices), long rows put the surplus under the key None.
+        surplus = [cell for cell in row.get(None) or [] if cell.strip()]
+        if surplus:
+            raise DataError(f"{len(surplus)} cell(s) beyond the header's {len(rows.fieldnames or [])} columns, "
+                            f"from {surplus[0]!r} (an unquoted comma?)", path=path, line=rows.line_num)
         cells = {key: value for key, value in row.items() if key is not None and value is not None}
         yield (str(path), "line", rows.line_num), cells
 
