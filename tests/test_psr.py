@@ -448,6 +448,8 @@ def test_too_few_or_repeated_prompts_are_clear_errors(tmp_path: Path) -> None:
     path.write_text("# neutral prompts\nfirst\nsecond\n\nfirst\n")
     with pytest.raises(DataError, match=r"p\.txt:5: the prompt 'first' repeats line 2"):
         load_prompts(path)
+    path.write_text("a line\u2028with a Unicode line break\nsecond\r\n", "utf-8")  # only \n ends a prompt
+    assert load_prompts(path) == ["a line\u2028with a Unicode line break", "second"]
 
 
 def test_wilson_interval_matches_scipy() -> None:

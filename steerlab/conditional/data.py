@@ -40,13 +40,13 @@ class _Builtin:
 
 
 def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in path.read_text("utf-8").split("\n") if line.strip()]
 
 
 def _field(name: str) -> Callable[[Path], list[str]]:
     def read(path: Path) -> list[str]:
         out = []
-        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        for number, line in enumerate(path.read_text("utf-8").split("\n"), 1):
             if not line.strip():
                 continue
             try:

@@ -58,7 +58,7 @@ Cost = Literal["costs accuracy", "no measurable cost", "improves accuracy"]
 
 def neutral_prompts(count: int = NEUTRAL_PROMPTS) -> list[str]:
     text = resources.files("steerlab").joinpath("resources/neutral_prompts.txt").read_text("utf-8")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    lines = [line.strip() for line in text.split("\n") if line.strip() and not line.startswith("#")]
     return lines[-count:]
 
 

@@ -68,7 +68,7 @@ def load_prompts(path: str | Path | None = None) -> list[str]:
             raise DataError(f"not UTF-8 text: {exc}", path=p) from None
         source = str(p)
     first_line: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit in a prompt
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
