@@ -141,6 +141,10 @@ def test_tasks_lists_the_built_in_tasks(capsys: pytest.CaptureFixture[str]) -> N
     (["condition", "train", "--positive", "a", "--negative", "b", "--out", "c", "--limit", "-1"],
      "argument --limit: expected a count of at least 1, got -1"),  # it cut the last prompt of each set
     (["suite", "--tasks", "a", "--workers", "0"], "argument --workers: expected a count of at least 1, got 0"),
+    # Files written after the work: a missing folder is found before the work, not after it.
+    (["psr", "train", "--instruction", "french", "--out", "no/such/p.safetensors"],
+     "argument --out: the folder no/such does not exist: create it first"),
+    (["export-gguf", "v.safetensors", "no/such/v.gguf"], "argument out: the folder no/such does not exist"),
 ])
 def test_list_flags_refuse_what_they_cannot_mean(argv: list[str], expected: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SteerlabError
@@ -45,6 +46,16 @@ def retain_settings(spec: str | None) -> dict[str, Any]:
 
 RETAIN_HELP = ("what the chosen steering costs: N items (default 100) of a built-in task it was not selected on "
                "(default mmlu) unsteered vs steered, and KL / perplexity on neutral requests")
+
+
+def output_file(text: str) -> Path:
+    """A file written when the work is done: its folder is checked now, not after an hour of training."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist: create it first")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder: give the file to write")
+    return path
 
 
 def count(text: str) -> int:

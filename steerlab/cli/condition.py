@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steerlab.cli.common import Bars, add_common, count, ints, load_model_from_args, note, prompt_style
+from steerlab.cli.common import Bars, add_common, count, ints, load_model_from_args, note, output_file, prompt_style
 from steerlab.core.positions import POSITIONS
 from steerlab.errors import ConfigError, VectorFileError
 
@@ -200,7 +200,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the train / validation / test split")
     p.add_argument("--batch-size", type=count, default=16)
     p.add_argument("--plot", help="PNG of the validation score distributions (default: OUT with .scores.png)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=output_file, required=True)
     add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -220,5 +220,5 @@ def register(sub: Any) -> None:
                    help="NAME=VECTOR_FILE[@STRENGTH] (repeatable; strength defaults to the recipe's, else 1)")
     p.add_argument("--rule", action="append", default=[], help="e.g. 'if harmful and not medical then refusal'")
     p.add_argument("--positions", choices=POSITIONS, default="all")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=output_file, required=True)
     p.set_defaults(func=cmd_combine)

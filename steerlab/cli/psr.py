@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steerlab.cli.common import Bars, add_common, count, floats, ints, load_model_from_args
+from steerlab.cli.common import Bars, add_common, count, floats, ints, load_model_from_args, output_file
 from steerlab.errors import ConfigError
 
 if TYPE_CHECKING:  # the command imports torch and the PSR modules only when it runs
@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hinge-margin", type=float, default=1.0, help="floor under each layer's mean coefficient")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="activation cache folder (resumable; default $STEERLAB_CACHE/psr)")
-    p.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    p.add_argument("--out", type=output_file, required=True, help="the .safetensors file to write")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -111,7 +111,7 @@ def register(subparsers: Any) -> None:
         help="steering columns only where prompting raises the validation follow rate by this much "
         "(default 0.25)",
     )
-    p.add_argument("--out", type=Path, help="write the table here instead of printing it")
+    p.add_argument("--out", type=output_file, help="write the table here instead of printing it")
     p.set_defaults(func=cmd_table)
 
 

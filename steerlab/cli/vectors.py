@@ -7,7 +7,17 @@ import json
 import time
 from typing import Any
 
-from steerlab.cli.common import Bars, add_common, count, floats, ints, load_model_from_args, note, prompt_style
+from steerlab.cli.common import (
+    Bars,
+    add_common,
+    count,
+    floats,
+    ints,
+    load_model_from_args,
+    note,
+    output_file,
+    prompt_style,
+)
 from steerlab.core.positions import POSITIONS
 from steerlab.errors import ConfigError
 
@@ -164,7 +174,7 @@ def register(sub: Any) -> None:
                                                    "or an integer index")
     p.add_argument("--system", help="system prompt for chat-formatted pairs")
     p.add_argument("--batch-size", type=count, default=16)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=output_file, required=True)
     add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -197,11 +207,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("export-gguf", help="write a vector as a llama.cpp control vector")
     p.add_argument("vector")
-    p.add_argument("out")
+    p.add_argument("out", type=output_file)
     p.add_argument("--model-hint", help="controlvector.model_hint (default: the vector's model)")
     p.set_defaults(func=cmd_export_gguf)
 
     p = sub.add_parser("import-gguf", help="read a llama.cpp control vector into a steerlab vector")
     p.add_argument("gguf")
-    p.add_argument("out")
+    p.add_argument("out", type=output_file)
     p.set_defaults(func=cmd_import_gguf)
