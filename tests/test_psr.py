@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -405,6 +406,18 @@ def test_programmatic_checks() -> None:
     }
     with pytest.raises(ConfigError, match="not a built-in"):
         resolve_instruction("Say hi.")
+
+@pytest.mark.parametrize(("check", "message"), [
+    ('{"kind": "keyword", "words": "hi"}', "parameter 'words' must be a non-empty list of words, got 'hi'"),
+    ('{"kind": "bullets", "count": "3"}', "parameter 'count' must be a whole number of at least 1, got '3'"),
+    ('{"kind": "capitals", "min_ratio": 5}', "parameter 'min_ratio' must be a number in (0, 1], got 5"),
+    ('{"kind": "ending", "phrase": "bye", "case": true}', "check 'ending' takes ['phrase'], not ['case']"),
+    ('{"kind": "no_commas", "strict": true}', "check 'no_commas' takes no parameters, not ['strict']"),
+    ('{"kind": "judge"}', "check 'judge' needs the parameter 'concept'"),
+])
+def test_a_custom_check_with_bad_parameters_is_refused(check: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_instruction("Say hi.", check)
 
 
 def test_repetition_rate_and_perplexity_are_exact() -> None:

