@@ -555,7 +555,8 @@ def test_alpha_is_chosen_on_validation_and_only_that_alpha_runs_on_test(monkeypa
     assert report["baselines"]["prompting"]["test"]["score"] == 0.8
 
 
-def test_table_shows_every_candidate_with_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_table_shows_every_candidate_with_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     split = split_prompts([f"p{i}" for i in range(20)], seed=0, validation=5, test=8)
     model, tok = build_model("llama"), build_tokenizer()
     settings = EvalSettings(alphas=(1.0, 2.0), refine=0, extend=0)
@@ -580,7 +581,9 @@ def test_table_shows_every_candidate_with_intervals(tmp_path: Path, monkeypatch:
     assert main(["psr", "table", *map(str, files), "--out", str(tmp_path / "t.md")]) == 0
     assert (tmp_path / "t.md").read_text() == text
     (tmp_path / "old.json").write_text('{"baselines": {}}')
-    assert main(["psr", "table", str(tmp_path / "old.json")]) == 2
+    capsys.readouterr()
+    assert main(["psr", "table", str(files[0]), str(tmp_path / "old.json")]) == 2
+    assert f"{tmp_path / 'old.json'}: not a steerlab psr eval report: no field " in capsys.readouterr().err
 
 
 def test_evaluation_on_the_tiny_model_and_coefficient_view(tmp_path: Path, shared_cache: Path) -> None:

@@ -276,15 +276,18 @@ def cmd_table(args: argparse.Namespace) -> int:
     from steerlab.psr.evaluate import DEFAULT_MIN_GAIN, table
 
     reports = []
+    min_gain = DEFAULT_MIN_GAIN if args.min_gain is None else args.min_gain
     for path in args.reports:
         try:
             reports.append(json.loads(path.read_text("utf-8")))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"not a readable report: {exc}", path=path) from None
-    try:
-        text = table(reports, DEFAULT_MIN_GAIN if args.min_gain is None else args.min_gain)
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"a report lacks the field {exc} (written by an older steerlab psr eval?)") from None
+        try:
+            table(reports[-1:], min_gain)  # each report alone first, so a bad one is named
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"not a steerlab psr eval report: no field {exc} (written by an older version?)",
+                            path=path) from None
+    text = table(reports, min_gain)
     if args.out is None:
         print(text, end="")
     else:
