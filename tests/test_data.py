@@ -268,6 +268,8 @@ def test_items_errors(tmp_path: Path, records: list[object], match: str) -> None
     ("mc.jsonl", "\n\n", r"mc\.jsonl: no items found"),
     ("mc.json", json.dumps([item(), item(answer="z")]),
      r"mc\.json record 2, field 'answer': answer 'z' is not among the 3 choices"),
+    ("mc.json", json.dumps({"data": [item()]}, indent=1),
+     r"mc\.json: holds one JSON object \(keys \['data'\]\); give a list of items or JSON Lines"),
     ("mc.json", json.dumps([item(id="k"), item(id="k")]),
      r"mc\.json record 2, field 'id': duplicate id 'k' \(also on record 1\)"),
     ("mc.csv", "question,choices,answer\nQ,\"[\"\"a\"\", \"\"b\"\"]\",a\nQ2,\"[\"\"a\"\"]\",a\n",

@@ -132,6 +132,14 @@ def _json_records(path: Path) -> Iterator[tuple[_Origin, Any]]:
         for index, record in enumerate(records, start=1):
             yield (shown, "record", index), record
         return
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("{") and "\n" in text.strip():
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):  # one pretty-printed object: read line by line it is "invalid JSON" at line 1
+            raise DataError(f"holds one JSON object (keys {sorted(whole)[:5]}); give a list of items or JSON Lines, "
+                            "one item per line", path=path)
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and other Unicode line breaks.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
