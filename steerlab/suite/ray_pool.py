@@ -112,7 +112,9 @@ def run_on_ray(spec: SuiteSpec, out: str | Path, units: Sequence[Unit], *, worke
                     status = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the replica died (killed, out of memory) or Ray failed
                     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    status = record_failure(out, unit, f"its worker process died {RESTARTS + 1} times: {reason}")
+                    died = isinstance(exc, ray.exceptions.RayActorError)  # restarted RESTARTS times before this
+                    status = record_failure(out, unit, f"its worker process died {RESTARTS + 1} times: {reason}"
+                                            if died else f"Ray could not run it: {reason}")
                     ray.kill(actor)
                     actors.remove(actor)
                     actor = None
