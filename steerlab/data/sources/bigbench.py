@@ -119,10 +119,9 @@ def _copied(source: Path, tmp: Path) -> Path:
                           "unpacked folder, or a clone of github.com/google/BIG-bench")
     try:
         with tarfile.open(source) as archive:
-            wanted = {m.name: m for m in archive.getmembers()
-                      if m.isfile() and any(m.name.endswith(f"bigbench/benchmark_tasks/{f}") for f in FILES)}
-            for member in wanted.values():
-                archive.extract(member, tmp, filter="data")  # the data filter refuses paths that leave tmp
+            for member in archive.getmembers():
+                if member.isfile() and any(member.name.endswith(f"bigbench/benchmark_tasks/{f}") for f in FILES):
+                    archive.extract(member, tmp, filter="data")  # the data filter refuses paths that leave tmp
     except (OSError, tarfile.TarError) as exc:
         raise ConfigError(f"cannot read {source} as the bigbench sdist (a .tar.gz): {exc}") from None
     trees = sorted({p.parent for p in tmp.glob("**/bigbench/benchmark_tasks/bbq_lite")})
